@@ -1,0 +1,1 @@
+"""Triton kernels, installed as xlmr_compress.kernels."""
