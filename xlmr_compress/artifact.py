@@ -25,14 +25,20 @@ def version() -> str:
         return "0+unknown"
 
 
-@contextmanager
-def atomic_output(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `out_dir`; rename it to `out_dir` only if the block succeeds."""
+def check_output(out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an output path that would clobber something, before any long work starts."""
     out = Path(out_dir).resolve()
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is a file: choose a directory path for --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UserError(f"output directory {out} already exists and is not empty: remove it or pass --overwrite")
+    return out
+
+
+@contextmanager
+def atomic_output(out_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `out_dir`; rename it to `out_dir` only if the block succeeds."""
+    out = check_output(out_dir, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     tmp.chmod(0o755)

