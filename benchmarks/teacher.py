@@ -8,24 +8,16 @@ these sets). Writes the teacher's test metrics, per language, beside the majorit
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from pathlib import Path
 
 from benchmarks.results import update_section
 from xlmr_compress import e5
-from xlmr_compress.data import DataConfig, load_data, references_of
-from xlmr_compress.metrics import compute_metrics
+from xlmr_compress.data import DataConfig, load_data
+from xlmr_compress.demo import majority_baseline
 from xlmr_compress.runtime import evaluate
 from xlmr_compress.train import FinetuneConfig, finetune
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-
-
-def majority_baseline(data, split: str = "test") -> dict:
-    """Metrics of always predicting the most frequent training class."""
-    majority = Counter(data.splits["train"]["label"]).most_common(1)[0][0]
-    gold = references_of(data, split)
-    return compute_metrics(data.task, [majority] * len(gold), gold, list(data.splits[split]["language"]), data.label_names)
 
 
 def table(result: dict, baseline: dict) -> str:

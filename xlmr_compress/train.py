@@ -81,7 +81,7 @@ class TaskTrainer(Trainer):
         was_training = model.training
         predictor = runtime.Predictor.from_torch(model, self.processing_class, str(self.args.device))
         result = runtime.evaluate(predictor, self.task_data, self.eval_split, self.args.eval_batch_size,
-                                  self.max_length, self.stride)
+                                  self.max_length, self.stride, features=self.eval_dataset)
         model.train(was_training)
         metrics = {f"{metric_key_prefix}_{k}": v for k, v in result["overall"].items()}
         self.log(metrics)
@@ -143,10 +143,11 @@ def finetune(
     eval_split = eval_split_of(task_data, config.eval_split)
     labels = runtime.label_names_of(model.config, task_data.task) or None
     train_features = encode(task_data, "train", tokenizer, config.max_length, config.stride, label_names=labels)
+    eval_features = encode(task_data, eval_split, tokenizer, config.max_length, config.stride, label_names=labels)
     checkpoints, last = prepare_checkpoints(out_dir, config.resume)
     trainer = TaskTrainer(
         model=model.train(), args=training_arguments(checkpoints, config, task_data.task),
-        train_dataset=train_features, data_collator=collator(task_data.task, tokenizer), processing_class=tokenizer,
+        train_dataset=train_features, eval_dataset=eval_features, data_collator=collator(task_data.task, tokenizer), processing_class=tokenizer,
         callbacks=early_stopping(config.early_stopping),
         task_data=task_data, eval_split=eval_split, max_length=config.max_length, stride=config.stride,
     )
