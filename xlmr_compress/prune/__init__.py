@@ -1,0 +1,5 @@
+"""Structured pruning (attention heads, FFN neurons) and vocabulary trimming."""
+from .structured import PruneConfig, prune
+from .vocab import TrimConfig, trim_vocab
+
+__all__ = ["PruneConfig", "prune", "TrimConfig", "trim_vocab"]
