@@ -155,3 +155,18 @@ def test_bad_input_is_one_line_error(tmp_path: Path, tiny_dir: Path, config: Pru
         prune(tiny_dir, tmp_path / "out", config)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_prune_and_trim_vocab(tmp_path: Path, tiny_dir: Path, capsys: pytest.CaptureFixture):
+    from xlmr_compress.cli import main
+
+    assert main(["prune", str(tiny_dir), "--heads", "0.5", "--keep-ffn", "40", "20", "--out", str(tmp_path / "p")]) == 0
+    assert layer_shapes(load(tmp_path / "p")[0]) == {"head_size": 8, "heads": [2, 2], "ffn": [40, 20]}
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("hello world\n")
+    assert main(["trim-vocab", str(tmp_path / "p"), "--corpus", str(corpus), "--out", str(tmp_path / "t")]) == 0
+    assert "coverage: selection 100.00%" in capsys.readouterr().out
+    assert layer_shapes(load(tmp_path / "t")[0])["ffn"] == [40, 20]  # trimming keeps the pruned shapes
+    assert main(["prune", str(tiny_dir), "--heads", "1.5", "--out", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --heads 1.5 is not a share") and err.count("\n") == 1

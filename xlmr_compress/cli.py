@@ -195,7 +195,76 @@ def cmd_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [cmd_finetune, cmd_evaluate, cmd_convert_e5, cmd_demo]
+PRUNE_HELP = {
+    "heads": "share of attention heads to remove, in [0, 1)",
+    "ffn": "share of FFN neurons to remove, in [0, 1)",
+    "keep_heads": "heads kept per layer: one number for every layer, or one per layer (instead of --heads)",
+    "keep_ffn": "FFN neurons kept per layer: one number for every layer, or one per layer (instead of --ffn)",
+    "scope": "layer: remove the same share in every layer; global: one budget over all layers (uneven layers)",
+    "importance": "taylor (gradient, Michel et al.; needs --data), magnitude (data-free), auto: taylor with --data",
+    "importance_batches": "batches of the data scored for the Taylor importance",
+    "importance_split": "split scored for the Taylor importance",
+    "recover": "fine-tune the pruned model on --data to win back accuracy",
+    "recover_epochs": "recovery fine-tuning epochs",
+    "recover_learning_rate": "recovery fine-tuning peak learning rate",
+    "freeze_embeddings": "keep the word embedding fixed during recovery (pruning does not touch it)",
+}
+TRIM_HELP = {
+    "corpus": "text files (one text a line) whose pieces are kept, instead of or besides --data",
+    "splits": "splits of --data whose text is kept (the others only report coverage)",
+    "min_count": "keep a piece only if the text uses it at least this often",
+    "keep_top": "also keep this many of the original's most frequent pieces",
+}
+
+
+def cmd_prune(sub: argparse._SubParsersAction) -> None:
+    from .prune import PruneConfig
+
+    p = sub.add_parser("prune", help="remove the least important attention heads and FFN neurons",
+                       description="Score heads and FFN neurons (Taylor from --data, else weight magnitude), "
+                                   "remove the weakest for real, optionally recover by fine-tuning; writes --out.")
+    p.add_argument("model", help="model directory with a task head")
+    p.add_argument("--out", required=True, help="output model directory (written atomically)")
+    add_data_flags(p, required=False)
+    p.set_defaults(data=None)
+    add_config_flags(p, PruneConfig, help=PRUNE_HELP)
+
+    def run(args: argparse.Namespace) -> None:
+        from .prune import prune
+
+        out = prune(args.model, args.out, config_from(args, PruneConfig), data_from(args) if args.data else None)
+        print(f"wrote {out}: {json.loads((out / 'config.json').read_text())['xlmr_compress']}")
+
+    p.set_defaults(run=run)
+
+
+def cmd_trim_vocab(sub: argparse._SubParsersAction) -> None:
+    from .prune import TrimConfig
+
+    p = sub.add_parser("trim-vocab", help="keep only the vocabulary a corpus or data set uses",
+                       description="Trim the tokenizer and the embedding to the pieces the text uses (special "
+                                   "tokens always kept); reports the kept vocabulary, bytes saved and coverage.")
+    p.add_argument("model", help="model directory (torch)")
+    p.add_argument("--out", required=True, help="output model directory (written atomically)")
+    add_data_flags(p, required=False)
+    p.set_defaults(data=None)
+    add_config_flags(p, TrimConfig, help=TRIM_HELP)
+
+    def run(args: argparse.Namespace) -> None:
+        from .artifact import read_lineage
+        from .prune import trim_vocab
+
+        out = trim_vocab(args.model, args.out, config_from(args, TrimConfig), data_from(args) if args.data else None)
+        m = read_lineage(out)["stages"][-1]["measured"]
+        coverage = ", ".join(f"{k} {v:.2%}" for k, v in m["coverage"].items())
+        print(f"wrote {out}: kept {m['vocabulary_after']} of {m['vocabulary_before']} pieces, "
+              f"{m['bytes_before']} -> {m['bytes_after']} bytes on disk; coverage: {coverage}")
+
+    p.set_defaults(run=run)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [cmd_finetune, cmd_evaluate, cmd_convert_e5, cmd_demo,
+                                                                    cmd_prune, cmd_trim_vocab]
 
 
 def build_parser() -> argparse.ArgumentParser:
