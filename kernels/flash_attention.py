@@ -71,10 +71,9 @@ if triton is not None:
 
     @triton.jit
     def _dot(a, b, PRECISION: tl.constexpr):
-        if _INTERPRETED:  # the interpreter multiplies bf16 tiles as raw bits: give it fp32
-            if a.dtype == tl.bfloat16:
-                a = a.to(tl.float32)
-                b = b.to(tl.float32)
+        if _INTERPRETED and a.dtype == tl.bfloat16:  # the interpreter multiplies bf16 tiles as raw bits
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
         return tl.dot(a, b, input_precision=PRECISION)
 
     @triton.jit
@@ -311,13 +310,15 @@ class _Attention(torch.autograd.Function):
         lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)
         seed = _dropout_seed() if dropout_p > 0 else 0
         o = torch.empty_like(q)
-        ctx.meta = dict(
-            stride_b=0 if varlen else q.stride(0), stride_t=q.stride(-3), stride_h=q.stride(-2),
-            stride_lse_b=0 if varlen else lse.stride(0), stride_mask_b=mask.stride(0) if mask is not None else 0,
-            H=heads, MAX_SEQLEN=max_seqlen, qk_scale=scale * LOG2E, dropout_p=dropout_p, seed=seed,
-            SEQLEN_BUCKET=triton.next_power_of_2(max_seqlen), HEAD_DIM=q.shape[-1], HAS_MASK=mask is not None,
-            IS_VARLEN=varlen, DROPOUT=dropout_p > 0, PRECISION=_precision(q.dtype),
-        )
+        ctx.meta = {
+            "stride_b": 0 if varlen else q.stride(0), "stride_t": q.stride(-3), "stride_h": q.stride(-2),
+            "stride_lse_b": 0 if varlen else lse.stride(0),
+            "stride_mask_b": mask.stride(0) if mask is not None else 0,
+            "H": heads, "MAX_SEQLEN": max_seqlen, "qk_scale": scale * LOG2E, "dropout_p": dropout_p, "seed": seed,
+            "SEQLEN_BUCKET": triton.next_power_of_2(max_seqlen), "HEAD_DIM": q.shape[-1],
+            "HAS_MASK": mask is not None, "IS_VARLEN": varlen, "DROPOUT": dropout_p > 0,
+            "PRECISION": _precision(q.dtype),
+        }
         ctx.scale = scale
         mask_arg = mask if mask is not None else lo
         cu_arg = cu_seqlens if varlen else lo

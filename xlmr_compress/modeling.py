@@ -107,7 +107,7 @@ def load(
     path = Path(name_or_dir)
     if path.is_dir():
         _check_weights(path)
-    if attn_implementation == "xlmr_flash":
+    if attn_implementation == "xlmr_triton":
         from . import attention  # noqa: F401  registers the Triton kernel with transformers
 
     tokenizer = load_tokenizer(name_or_dir)
