@@ -12,6 +12,7 @@ from .metrics import MAIN_METRIC, compute_metrics
 
 TEACHER_CONFIG = dict(epochs=3, batch_size=32, learning_rate=1e-4, max_length=64, freeze_embeddings=True, seed=0,
                       logging_steps=100, resume=True)
+PRUNE_CONFIG = dict(heads=0.3, ffn=0.4, recover=True, recover_epochs=2, recover_learning_rate=1e-4, max_length=64)
 
 
 def stage(workdir: Path, name: str, build: Callable[[Path], object]) -> Path:
@@ -37,6 +38,7 @@ def majority_baseline(data: data_mod.TaskData, split: str = "test") -> dict:
 def run_demo(workdir: Path) -> dict:
     """Fine-tune, evaluate and compress on the embedded default; print a summary table; return the figures."""
     from .e5 import convert
+    from .prune import PruneConfig, TrimConfig, prune, trim_vocab
     from .runtime import evaluate
     from .train import FinetuneConfig, finetune
 
@@ -47,8 +49,11 @@ def run_demo(workdir: Path) -> dict:
           + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()))
     encoder = stage(workdir, "e5-small", lambda out: convert(out))
     teacher = stage(workdir, "teacher", lambda out: finetune(encoder, data, out, FinetuneConfig(**TEACHER_CONFIG)))
+    pruned = stage(workdir, "pruned", lambda out: prune(teacher, out, PruneConfig(**PRUNE_CONFIG), data=data))
+    trimmed = stage(workdir, "trimmed", lambda out: trim_vocab(pruned, out, TrimConfig(), data=data))
     metric = MAIN_METRIC[data.task]
-    rows = {"majority class": majority_baseline(data)["overall"], "teacher": evaluate(teacher, data)["overall"]}
+    rows = {"majority class": majority_baseline(data)["overall"], "teacher": evaluate(teacher, data)["overall"],
+            "pruned": evaluate(pruned, data)["overall"], "pruned + trimmed": evaluate(trimmed, data)["overall"]}
     print(f"\n[demo] test split, {len(data.splits['test'])} examples")
     print(f"{'model':<16} {metric:>9} {'accuracy':>9}")
     for name, m in rows.items():

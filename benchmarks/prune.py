@@ -1,0 +1,164 @@
+"""Figures for pruning and vocabulary trimming, written to benchmarks/RESULTS.md.
+
+    python -m benchmarks.prune vocab                    # xlm-roberta-base shape trimmed to UMSAB train text
+    python -m benchmarks.prune heads --teacher DIR      # 30% heads + 40% FFN off a fine-tuned teacher, recovered
+
+vocab: a randomly initialised model of xlm-roberta-base's shape with XLM-R's real tokenizer is trimmed to the
+UMSAB training text; reports kept vocabulary, bytes on disk before and after, the share of UMSAB test tokens the
+trimmed vocabulary covers, and the largest logit difference on every test text made only of kept pieces.
+heads: prunes the teacher with Taylor importance on its training data, recovers by fine-tuning, and measures
+test macro-F1 (teacher, pruned, recovered) and CPU latency of teacher and pruned model in the same process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import XLMRobertaTokenizerFast
+
+from benchmarks.results import update_section
+from xlmr_compress import load
+from xlmr_compress.artifact import count_parameters, read_lineage
+from xlmr_compress.data import DataConfig, load_data
+from xlmr_compress.modeling import AUTO_CLASSES, tiny_config
+from xlmr_compress.prune import PruneConfig, TrimConfig, prune, trim_vocab
+from xlmr_compress.prune.vocab import split_texts
+from xlmr_compress.runtime import evaluate
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+BASE_SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+
+
+def max_logit_diff(a_dir: Path, b_dir: Path, texts: list[str], batch_size: int = 32) -> float:
+    """Largest |logit difference| of two models (each with its own tokenizer) over texts, in length-sorted batches."""
+    (a, a_tok), (b, b_tok) = load(a_dir), load(b_dir)
+    texts = sorted(texts, key=len)
+    worst = 0.0
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            chunk = texts[i:i + batch_size]
+            out = [m(**tok(chunk, padding=True, truncation=True, max_length=512, return_tensors="pt")).logits
+                   for m, tok in ((a, a_tok), (b, b_tok))]
+            worst = max(worst, (out[0] - out[1]).abs().max().item())
+    return worst
+
+
+def vocab_figure(work: Path, quick: bool) -> str:
+    """Trim a base-size XLM-R to UMSAB train text; sizes, coverage and logit parity on kept test texts."""
+    tokenizer_file = SHARED / "tokenizers" / "xlm-roberta" / "tokenizer.json"
+    base = work / "xlmr-base-random"
+    if not base.is_dir():
+        config = tiny_config(250002, num_labels=3, **BASE_SHAPE)
+        torch.manual_seed(0)
+        model = AUTO_CLASSES["sequence-classification"].from_config(config)
+        model.save_pretrained(base, safe_serialization=True)
+        XLMRobertaTokenizerFast(tokenizer_file=str(tokenizer_file)).save_pretrained(base)
+        shutil.copy(tokenizer_file, base / "tokenizer.json")
+        del model
+    data = load_data(DataConfig(str(SHARED / "data" / "umsab_sentiment"), max_per_split=400 if quick else None))
+    trimmed = trim_vocab(base, work / "xlmr-base-umsab", TrimConfig(splits=["train"], overwrite=True), data=data)
+    m = read_lineage(trimmed)["stages"][-1]["measured"]
+
+    original_tok, trimmed_tok = XLMRobertaTokenizerFast(tokenizer_file=str(base / "tokenizer.json")), \
+        XLMRobertaTokenizerFast(tokenizer_file=str(trimmed / "tokenizer.json"))
+    kept = set(trimmed_tok.get_vocab())
+    texts = split_texts(data.split("test"))
+    only_kept = [t for t in texts if set(original_tok.tokenize(t)) <= kept]
+    same_pieces = all(trimmed_tok.tokenize(t) == original_tok.tokenize(t) for t in only_kept)
+    diff = max_logit_diff(base, trimmed, only_kept)
+    smaller = 1 - m["bytes_after"] / m["bytes_before"]
+    return "\n".join([
+        f"Model: xlm-roberta-base shape (12 x 768, FFN 3072), random weights, fp32, XLM-R's real tokenizer; "
+        f"trimmed to the UMSAB train text ({len(data.splits['train'])} tweets, 8 languages).",
+        "",
+        "| figure | value |", "|---|---|",
+        f"| vocabulary kept | {m['vocabulary_after']:,} of {m['vocabulary_before']:,} pieces |",
+        f"| model.safetensors before | {m['bytes_before']:,} bytes |",
+        f"| model.safetensors after | {m['bytes_after']:,} bytes ({smaller:.1%} smaller) |",
+        f"| coverage of UMSAB test tokens | {m['coverage']['test']:.2%} (validation {m['coverage']['validation']:.2%}) |",
+        f"| test texts made only of kept pieces | {len(only_kept):,} of {len(texts):,} |",
+        f"| ... same pieces as the original tokenizer | {'all' if same_pieces else 'NOT all'} |",
+        f"| ... max abs logit difference vs the original | {diff:.2e} |",
+    ])
+
+
+def latency_ms(model: torch.nn.Module, batch: int, length: int, repeats: int) -> float:
+    """Median forward time in ms of a fixed-shape batch."""
+    ids = torch.randint(5, 1000, (batch, length))
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        for _ in range(2):
+            model(input_ids=ids, attention_mask=mask)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def heads_figure(work: Path, teacher: Path, data_path: str, quick: bool, epochs: float, threads: int) -> str:
+    """Prune 30% heads + 40% FFN neurons with recovery; macro-F1 kept and CPU latency ratio in one run."""
+    data = load_data(DataConfig(data_path, max_per_split=200 if quick else None))
+    common = dict(heads=0.3, ffn=0.4, importance="taylor", batch_size=32, max_length=96, overwrite=True)
+    pruned = prune(teacher, work / "pruned", PruneConfig(**common), data=data)
+    recovered = prune(teacher, work / "recovered", PruneConfig(**common, recover=True, recover_epochs=epochs,
+                                                               recover_learning_rate=1e-4), data=data)
+    f1 = {name: evaluate(path, data, "test", max_length=96)["overall"]["macro_f1"]
+          for name, path in (("teacher", teacher), ("pruned", pruned), ("recovered", recovered))}
+
+    torch.set_num_threads(threads)
+    (t_model, _), (p_model, _) = load(teacher), load(recovered)
+    shapes = json.loads((recovered / "config.json").read_text())["xlmr_compress"]
+    rows = []
+    for batch, length in ((1, 128), (32, 64)):
+        t_ms, p_ms = (latency_ms(m, batch, length, 5 if quick else 20) for m in (t_model, p_model))
+        rows.append(f"| {batch} x {length} | {t_ms:.1f} | {p_ms:.1f} | {p_ms / t_ms:.2f} |")
+    encoder = [sum(p.numel() for p in m.base_model.encoder.parameters()) for m in (t_model, p_model)]
+    return "\n".join([
+        f"Teacher: `{teacher}`; data: `{data_path}` ({len(data.splits['train'])} train, {len(data.splits['test'])} "
+        f"test). Pruned with Taylor importance (Michel et al.) on 32 x 32 train examples, 30% of heads and 40% of "
+        f"FFN neurons per layer; recovery: fine-tuning {epochs} epoch(s), lr 1e-4, frozen embeddings.",
+        "",
+        f"Kept per layer: heads {shapes['heads']}, FFN {shapes['ffn']}. Encoder parameters {encoder[0]:,} -> "
+        f"{encoder[1]:,}; all parameters {count_parameters(t_model):,} -> {count_parameters(p_model):,}.",
+        "",
+        "| model | test macro-F1 | share of teacher |", "|---|---|---|",
+        *[f"| {name} | {v:.4f} | {v / f1['teacher']:.1%} |" for name, v in f1.items()],
+        "",
+        f"CPU latency (torch eager fp32, {threads} threads, median of {5 if quick else 20}, same process):",
+        "",
+        "| batch x tokens | teacher ms | pruned ms | ratio |", "|---|---|---|---|", *rows,
+    ])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("figure", choices=["vocab", "heads"])
+    ap.add_argument("--work", default="runs/prune-bench", help="where the model directories go")
+    ap.add_argument("--teacher", default="runs/teacher-sib200", help="fine-tuned teacher directory (heads)")
+    ap.add_argument("--data", default=str(SHARED / "data" / "sib200"), help="the teacher's task data (heads)")
+    ap.add_argument("--epochs", type=float, default=1.0, help="recovery epochs (heads)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figure (heads)")
+    ap.add_argument("--quick", action="store_true", help="small subsets: check the script, do not publish")
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if a.figure == "vocab":
+        body = vocab_figure(work, a.quick)
+        title = "Vocabulary trimming: xlm-roberta-base shape, UMSAB"
+    else:
+        body = heads_figure(work, Path(a.teacher), a.data, a.quick, a.epochs, a.threads)
+        title = "Head + FFN pruning with recovery"
+    print(body)
+    if not a.quick:
+        update_section(f"prune-{a.figure}", title, body)
+
+
+if __name__ == "__main__":
+    main()
