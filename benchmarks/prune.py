@@ -31,7 +31,7 @@ from xlmr_compress.prune.vocab import split_texts
 from xlmr_compress.runtime import evaluate
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-BASE_SHAPE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+BASE_SHAPE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
 
 
 def max_logit_diff(a_dir: Path, b_dir: Path, texts: list[str], batch_size: int = 32) -> float:
@@ -73,8 +73,8 @@ def vocab_figure(work: Path, quick: bool) -> str:
     diff = max_logit_diff(base, trimmed, only_kept)
     smaller = 1 - m["bytes_after"] / m["bytes_before"]
     return "\n".join([
-        f"Model: xlm-roberta-base shape (12 x 768, FFN 3072), random weights, fp32, XLM-R's real tokenizer; "
-        f"trimmed to the UMSAB train text ({len(data.splits['train'])} tweets, 8 languages).",
+        (f"Model: xlm-roberta-base shape (12 x 768, FFN 3072), random weights, fp32, XLM-R's real tokenizer; "
+         f"trimmed to the UMSAB train text ({len(data.splits['train'])} tweets, 8 languages)."),
         "",
         "| figure | value |", "|---|---|",
         f"| vocabulary kept | {m['vocabulary_after']:,} of {m['vocabulary_before']:,} pieces |",
@@ -105,7 +105,7 @@ def latency_ms(model: torch.nn.Module, batch: int, length: int, repeats: int) ->
 def heads_figure(work: Path, teacher: Path, data_path: str, quick: bool, epochs: float, threads: int) -> str:
     """Prune 30% heads + 40% FFN neurons with recovery; macro-F1 kept and CPU latency ratio in one run."""
     data = load_data(DataConfig(data_path, max_per_split=200 if quick else None))
-    common = dict(heads=0.3, ffn=0.4, importance="taylor", batch_size=32, max_length=96, overwrite=True)
+    common = {"heads": 0.3, "ffn": 0.4, "importance": "taylor", "batch_size": 32, "max_length": 96, "overwrite": True}
     pruned = prune(teacher, work / "pruned", PruneConfig(**common), data=data)
     recovered = prune(teacher, work / "recovered", PruneConfig(**common, recover=True, recover_epochs=epochs,
                                                                recover_learning_rate=1e-4), data=data)
@@ -121,12 +121,12 @@ def heads_figure(work: Path, teacher: Path, data_path: str, quick: bool, epochs:
         rows.append(f"| {batch} x {length} | {t_ms:.1f} | {p_ms:.1f} | {p_ms / t_ms:.2f} |")
     encoder = [sum(p.numel() for p in m.base_model.encoder.parameters()) for m in (t_model, p_model)]
     return "\n".join([
-        f"Teacher: `{teacher}`; data: `{data_path}` ({len(data.splits['train'])} train, {len(data.splits['test'])} "
-        f"test). Pruned with Taylor importance (Michel et al.) on 32 x 32 train examples, 30% of heads and 40% of "
-        f"FFN neurons per layer; recovery: fine-tuning {epochs} epoch(s), lr 1e-4, frozen embeddings.",
+        (f"Teacher: `{teacher}`; data: `{data_path}` ({len(data.splits['train'])} train, {len(data.splits['test'])} "
+         f"test). Pruned with Taylor importance (Michel et al.) on 32 x 32 train examples, 30% of heads and 40% of "
+         f"FFN neurons per layer; recovery: fine-tuning {epochs} epoch(s), lr 1e-4, frozen embeddings."),
         "",
-        f"Kept per layer: heads {shapes['heads']}, FFN {shapes['ffn']}. Encoder parameters {encoder[0]:,} -> "
-        f"{encoder[1]:,}; all parameters {count_parameters(t_model):,} -> {count_parameters(p_model):,}.",
+        (f"Kept per layer: heads {shapes['heads']}, FFN {shapes['ffn']}. Encoder parameters {encoder[0]:,} -> "
+         f"{encoder[1]:,}; all parameters {count_parameters(t_model):,} -> {count_parameters(p_model):,}."),
         "",
         "| model | test macro-F1 | share of teacher |", "|---|---|---|",
         *[f"| {name} | {v:.4f} | {v / f1['teacher']:.1%} |" for name, v in f1.items()],

@@ -73,7 +73,7 @@ def test_pruning_removes_exactly_the_masked_heads_and_neurons():
 
 def test_prune_shapes_forward_and_round_trip(tmp_path: Path, tiny_dir: Path):
     out = prune(tiny_dir, tmp_path / "pruned", PruneConfig(heads=0.5, ffn=0.25, importance="magnitude"))
-    model, tokenizer = load(out)
+    model, _ = load(out)
     assert layer_shapes(model) == {"head_size": 8, "heads": [2, 2], "ffn": [48, 48]}
     assert json.loads((out / "config.json").read_text())["xlmr_compress"]["heads"] == [2, 2]
     inputs = batch(labels=False)

@@ -2,4 +2,4 @@
 from .structured import PruneConfig, prune
 from .vocab import TrimConfig, trim_vocab
 
-__all__ = ["PruneConfig", "prune", "TrimConfig", "trim_vocab"]
+__all__ = ["PruneConfig", "TrimConfig", "prune", "trim_vocab"]

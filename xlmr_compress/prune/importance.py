@@ -7,7 +7,7 @@ no change to the model's forward is needed. Without data, the weights' L2 norm i
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from transformers import PreTrainedModel

@@ -1,9 +1,9 @@
 """The prune stage: score heads and FFN neurons, remove the weakest for real, optionally recover, save."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import datasets
 from transformers import PreTrainedModel
