@@ -32,6 +32,7 @@ HEAD_SUFFIX = {
     "ForQuestionAnswering": "question-answering",
 }
 SHAPES_KEY = "xlmr_compress"
+QUANTIZED_KEY = "xlmr_compress_quantization"  # torch int8 checkpoints (quantize/torch.py rebuilds them)
 
 
 def task_of(config: PretrainedConfig) -> str | None:
@@ -126,7 +127,11 @@ def load(
                             "evaluate on the data the model was trained for, or fine-tune a new head")
 
     shapes = getattr(config, SHAPES_KEY, None)
-    if shapes:
+    if getattr(config, QUANTIZED_KEY, None):
+        from .quantize.torch import load_int8
+
+        model = load_int8(path, config, task)
+    elif shapes:
         model = _load_pruned(path, config, task, kwargs)
     else:
         model = AUTO_CLASSES[task].from_pretrained(str(name_or_dir), **kwargs)
