@@ -170,3 +170,14 @@ def test_cli_prune_and_trim_vocab(tmp_path: Path, tiny_dir: Path, capsys: pytest
     assert main(["prune", str(tiny_dir), "--heads", "1.5", "--out", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --heads 1.5 is not a share") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("optimize", [False, True])
+def test_pruned_model_exports_to_onnx(tmp_path: Path, tiny_dir: Path, optimize: bool):
+    """Uneven per-layer heads and FFN widths export with the ordinary ONNX path, outputs checked against torch."""
+    export = pytest.importorskip("xlmr_compress.export.onnx", reason="the ONNX export stage is not in this checkout")
+    pruned = prune(tiny_dir, tmp_path / "pruned", PruneConfig(keep_heads=[3, 1], keep_ffn=[40, 8]))
+    out = export.export_onnx(pruned, tmp_path / "onnx", export.ExportConfig(optimize=optimize))
+    measured = json.loads((out / "compression.json").read_text())["stages"][-1]["measured"]
+    assert measured["max_abs_diff"] < 1e-4
+    assert [s["stage"] for s in json.loads((out / "compression.json").read_text())["stages"]] == ["prune", "export-onnx"]
