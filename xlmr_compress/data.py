@@ -14,6 +14,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import yaml
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
@@ -38,6 +39,7 @@ CHATTERBOT_TOPICS = {
     "sport": "sports",
 }
 CHATTERBOT_MIN_EXAMPLES = 30
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader is 10x faster when present
 
 
 @dataclass
@@ -66,7 +68,8 @@ class TaskData:
 
     def languages(self, split: str) -> list[str]:
         """The sorted languages present in a split."""
-        return sorted(set(self.split(split)["language"]))
+        # `ds[name][:]` is a list; iterating datasets' lazy Column object goes row by row (seconds on 20k rows)
+        return sorted(set(self.split(split)["language"][:]))
 
     def split(self, name: str) -> datasets.Dataset:
         """One split, with a clear error when it is absent."""
@@ -96,9 +99,7 @@ def load_data(config: DataConfig | str, **overrides: Any) -> TaskData:
     rows = _filter_languages(rows, cfg.languages, cfg.path)
     label_names = _label_names(task, rows)
     splits = datasets.DatasetDict({
-        split: _subsample(datasets.Dataset.from_list(_index_labels(task, split_rows, label_names),
-                                                     features=_features(task, split_rows)),
-                          cfg.max_per_split, cfg.seed)
+        split: _subsample(_dataset(task, _index_labels(task, split_rows, label_names)), cfg.max_per_split, cfg.seed)
         for split, split_rows in sorted(rows.items(), key=lambda item: list(SPLITS.values()).index(item[0]))
     })
     return TaskData(task, label_names, splits)
@@ -108,10 +109,10 @@ def references_of(data: TaskData, split: str) -> list:
     """The gold per example: class index, tag strings per word (NER), or the list of answer texts (QA)."""
     ds = data.split(split)
     if data.task == "sequence-classification":
-        return list(ds["label"])
+        return ds["label"][:]
     if data.task == "token-classification":
-        return [[data.label_names[t] for t in tags] for tags in ds["tags"]]
-    return [answers["text"] for answers in ds["answers"]]
+        return [[data.label_names[t] for t in tags] for tags in ds["tags"][:]]
+    return [answers["text"] for answers in ds["answers"][:]]
 
 
 def _looks_local(path: str) -> bool:
@@ -356,7 +357,7 @@ def _chatterbot(seed: int) -> dict[str, list[dict]]:
         for file in sorted((f for f in lang_dir.iterdir() if f.name.endswith(".yml")), key=lambda p: p.name):
             stem = file.name[: -len(".yml")].lower()
             topic = CHATTERBOT_TOPICS.get(stem, stem)
-            for conversation in yaml.safe_load(file.read_text(encoding="utf-8")).get("conversations") or []:
+            for conversation in yaml.load(file.read_text(encoding="utf-8"), Loader=YAML_LOADER).get("conversations") or []:
                 for utterance in conversation:
                     if isinstance(utterance, str) and utterance.strip() and (utterance.strip(), topic) not in seen:
                         seen.add((utterance.strip(), topic))
@@ -423,6 +424,12 @@ def _index_labels(task: str, rows: list[dict], label_names: list[str]) -> list[d
     return rows
 
 
+def _dataset(task: str, rows: list[dict]) -> datasets.Dataset:
+    """A split as a Dataset, built through Arrow directly (5x faster than Dataset.from_list's per-row encoding)."""
+    features = _features(task, rows)
+    return datasets.Dataset(pa.Table.from_pylist(rows, schema=features.arrow_schema))
+
+
 def _features(task: str, rows: list[dict]) -> datasets.Features:
     """The column types of a split (explicit, so an all-empty column still gets its type)."""
     string, integer = datasets.Value("string"), datasets.Value("int64")
@@ -440,7 +447,7 @@ def _subsample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Datas
     if n is None or len(ds) <= n:
         return ds
     rng = np.random.default_rng(seed)
-    languages = np.asarray(ds["language"])
+    languages = np.asarray(ds["language"][:])
     rank = np.empty(len(ds))
     for language in np.unique(languages):
         members = np.flatnonzero(languages == language)
@@ -558,7 +565,7 @@ def _decode_tokens(ds: datasets.Dataset, features: datasets.Dataset, predicted: 
                    label_names: list[str]) -> list[list[str]]:
     """Each word takes its first sub-token's tag; words cut off by truncation get "O"."""
     results = []
-    for tokens, words, row in zip(ds["tokens"], features["word_ids"], predicted):
+    for tokens, words, row in zip(ds["tokens"][:], features["word_ids"][:], predicted):
         tags = ["O"] * len(tokens)
         for j, w in reversed(list(enumerate(words))):
             if w >= 0:
@@ -570,9 +577,9 @@ def _decode_tokens(ds: datasets.Dataset, features: datasets.Dataset, predicted: 
 def _decode_qa(ds: datasets.Dataset, features: datasets.Dataset, start_logits: np.ndarray,
                end_logits: np.ndarray) -> list[str]:
     """The highest-scoring valid span (in context, start <= end, at most MAX_ANSWER_TOKENS) of each example."""
-    contexts = ds["context"]
+    contexts = ds["context"][:]
     best: list[tuple[float, str]] = [(-np.inf, "")] * len(ds)
-    for i, (example, offsets) in enumerate(zip(features["example_index"], features["offset_mapping"])):
+    for i, (example, offsets) in enumerate(zip(features["example_index"][:], features["offset_mapping"][:])):
         n = len(offsets)
         in_context = np.asarray([o is not None for o in offsets])
         span = np.triu(np.ones((n, n), dtype=bool)) & ~np.triu(np.ones((n, n), dtype=bool), MAX_ANSWER_TOKENS)
