@@ -82,7 +82,7 @@ class Predictor:
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         try:
             session = ort.InferenceSession(str(path / "model.onnx"), options, providers=onnx_providers(device, provider))
-        except (RuntimeError, ValueError) as e:  # onnxruntime's Fail/InvalidGraph/... derive from RuntimeError
+        except Exception as e:  # onnxruntime's Fail, InvalidProtobuf, InvalidGraph, ... derive from Exception alone
             raise UserError(f"onnxruntime cannot load {path / 'model.onnx'} ({str(e).splitlines()[0][:200]}): "
                             "re-export the model") from None
         check_onnx(session, config, task, path, device)

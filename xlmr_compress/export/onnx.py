@@ -56,7 +56,10 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, config: ExportConfig
     check_config(config)
     artifact.check_output(out_dir, config.overwrite)
     model, tokenizer = modeling.load(model_dir, attn_implementation="eager")
-    model = model.float()
+    if getattr(model.config, modeling.QUANTIZED_KEY, None):
+        raise UserError(f"{model_dir} holds torch int8 weights, which do not export: export the fp32 model it came "
+                        "from, then quantize the ONNX model (xlmr-compress quantize --mode dynamic)")
+    model = model.float()  # fp16/bf16 checkpoints export in fp32 (--fp16 makes an fp16 graph for GPUs)
     with artifact.atomic_output(out_dir, config.overwrite) as tmp:
         write_onnx(model, tmp, config.opset)
         fused = optimize(tmp, model, config.fp16) if config.optimize else {}
