@@ -293,6 +293,8 @@ def test_qa_windows_positions_and_decode(tmp_path, tokenizer):
         start[i, s], end[i, e] = 5.0, 5.0
     assert decode(data, "train", features, {"start_logits": start, "end_logits": end}) == ["london",
                                                                                           "the city of paris"]
+    with pytest.raises(UserError, match="raise max_length or lower stride"):
+        encode(data, "train", tokenizer, max_length=16, stride=8)
 
 
 def test_collator_pads_and_drops_bookkeeping(tmp_path, tokenizer):

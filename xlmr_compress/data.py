@@ -136,6 +136,7 @@ def _language_of(path: Path) -> str | None:
 def _read_path(path: Path, cfg: DataConfig) -> tuple[str, dict[str, list[dict]]]:
     """Read a file, a directory of split files, or a directory of language sub-directories of split files."""
     if path.is_file():
+        # a lone SQuAD file without a split in its name is an evaluation set, as XQuAD's are
         split = _split_of(path.stem) or ("test" if path.suffix.lower() == ".json" else "train")
         files = [(split, path, _language_of(path))]
     else:
@@ -519,8 +520,14 @@ def _encode_qa(examples: dict, tokenizer: Any, max_length: int, stride: int) -> 
     """QA features: a long context becomes overlapping windows, each with its example's index and the character
     offsets of its context tokens (None elsewhere); the target is the answer's token span, or CLS (0) when the
     window does not hold the whole answer."""
-    enc = tokenizer([q.lstrip() for q in examples["question"]], examples["context"], truncation="only_second",
-                    max_length=max_length, stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)
+    questions = [q.lstrip() for q in examples["question"]]
+    longest = max(len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"])
+    room = max_length - longest - tokenizer.num_special_tokens_to_add(pair=True)
+    if room <= stride:  # the tokenizer would panic instead of raising
+        raise UserError(f"max_length {max_length} leaves {room} context tokens beside the longest question "
+                        f"({longest} tokens), not more than stride {stride}: raise max_length or lower stride")
+    enc = tokenizer(questions, examples["context"], truncation="only_second", max_length=max_length, stride=stride,
+                    return_overflowing_tokens=True, return_offsets_mapping=True)
     columns = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "start_positions": [],
                "end_positions": [], "offset_mapping": [], "example_index": enc["overflow_to_sample_mapping"]}
     for i, example in enumerate(enc["overflow_to_sample_mapping"]):
