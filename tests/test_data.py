@@ -147,6 +147,19 @@ def test_squad_files_give_language_and_test_split(tmp_path):
     assert references_of(data, "test") == [["Berlin"], ["Berlin"]]
 
 
+def test_jsonl_question_answering_in_either_answer_layout(tmp_path):
+    rows = [{"id": 1, "question": "who?", "context": "john is here", "language": "en",
+             "answers": [{"text": "john", "answer_start": 0}]},
+            {"id": 2, "question": "where?", "context": "john is here", "language": "en",
+             "answers": {"text": ["here"], "answer_start": [8]}}]
+    write(tmp_path / "test.jsonl", "\n".join(json.dumps(r) for r in rows))
+    data = load_data(str(tmp_path))
+    assert data.task == "question-answering"
+    assert data.splits["test"]["id"][:] == ["1", "2"]
+    assert data.splits["test"]["answers"][:] == [{"text": ["john"], "answer_start": [0]},
+                                                 {"text": ["here"], "answer_start": [8]}]
+
+
 def test_single_file_split_comes_from_its_name(tmp_path):
     dev = write(tmp_path / "my-dev.csv", "text,label\na,x\n")
     other = write(tmp_path / "data.csv", "text,label\na,x\n")

@@ -262,14 +262,19 @@ def _read_squad(path: Path, language: str) -> list[dict]:
         articles = json.loads(path.read_text(encoding="utf-8"))["data"]
         return [
             {"id": str(qa["id"]), "question": qa["question"], "context": paragraph["context"],
-             "answers": {"text": [a["text"] for a in qa["answers"]],
-                         "answer_start": [int(a["answer_start"]) for a in qa["answers"]]},
-             "language": language}
+             "answers": _answers(qa["answers"]), "language": language}
             for article in articles for paragraph in article["paragraphs"] for qa in paragraph["qas"]
         ]
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} is not SQuAD-v1 JSON ({type(e).__name__}: {e}): expected "
                         '{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers"}]}]}]}') from e
+
+
+def _answers(answers: list[dict] | dict) -> dict:
+    """Answers as columns {"text": [...], "answer_start": [...]}, from SQuAD's list of {"text", "answer_start"}."""
+    if isinstance(answers, dict):
+        return {"text": list(answers["text"]), "answer_start": [int(a) for a in answers["answer_start"]]}
+    return {"text": [a["text"] for a in answers], "answer_start": [int(a["answer_start"]) for a in answers]}
 
 
 def _from_columns(rows: list[dict], cfg: DataConfig, language: str, where: str) -> tuple[str, list[dict]]:
@@ -288,7 +293,7 @@ def _from_columns(rows: list[dict], cfg: DataConfig, language: str, where: str) 
         for name in ("id", "question", "context", "answers"):
             _column(columns, name, (), "QA", where)
         return task, [{"id": str(r["id"]), "question": r["question"], "context": r["context"],
-                       "answers": r["answers"], "language": language_of(r)} for r in rows]
+                       "answers": _answers(r["answers"]), "language": language_of(r)} for r in rows]
     if task == "token-classification":
         tokens = _column(columns, cfg.text_column, ("tokens", "words"), "tokens", where)
         tags = _column(columns, cfg.label_column, ("tags", "ner_tags"), "tags", where)
