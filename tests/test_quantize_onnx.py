@@ -1,0 +1,130 @@
+"""ONNX Runtime int8: dynamic and static (calibrated on real SIB-200 text), bounded error against fp32, size, node
+exclusion, the accuracy warning, and one-line refusals that leave nothing behind."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from xlmr_compress import UserError, artifact, runtime
+from xlmr_compress.export import onnx as export
+from xlmr_compress.modeling import save_tiny
+from xlmr_compress.quantize.onnx import QuantizeConfig, quantize
+
+SIB_LANGUAGES = ["eng_Latn", "fra_Latn", "zho_Hans"]
+WIDE = {"hidden_size": 128, "intermediate_size": 512}  # wide enough that weights, not graph bookkeeping, fill the file
+
+
+def last_stage(model_dir: Path) -> dict:
+    return json.loads((model_dir / "compression.json").read_text())["stages"][-1]
+
+
+@pytest.fixture
+def onnx_dir(tmp_path: Path) -> Path:
+    return export.export_onnx(save_tiny(tmp_path / "src", "sequence-classification", 3, **WIDE), tmp_path / "fp32")
+
+
+@pytest.fixture(scope="module")
+def sib(shared_data: Path):
+    from xlmr_compress.data import DataConfig, load_data
+
+    return load_data(DataConfig(str(shared_data / "sib200"), languages=SIB_LANGUAGES, max_per_split=48, seed=0))
+
+
+def sib_model(tmp_path: Path, label_names: list[str]) -> Path:
+    src = save_tiny(tmp_path / "src", "sequence-classification", len(label_names), **WIDE)
+    config = json.loads((src / "config.json").read_text())
+    config.update(id2label=dict(enumerate(label_names)), label2id={n: i for i, n in enumerate(label_names)})
+    (src / "config.json").write_text(json.dumps(config))
+    return src
+
+
+def test_dynamic_int8_small_close_and_plain_onnxruntime(onnx_dir: Path, tmp_path: Path) -> None:
+    out = quantize(onnx_dir, tmp_path / "int8", QuantizeConfig(mode="dynamic"))
+    assert artifact.size_on_disk(out) <= 0.31 * artifact.size_on_disk(onnx_dir)
+    fp32 = runtime.Predictor.load(onnx_dir)
+    batch = export.sample_batch(fp32.tokenizer, fp32.task)
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], batch)[0]
+    reference = fp32(batch)["logits"]
+    assert np.abs(logits - reference).max() < 0.05 * np.abs(reference).max()
+    assert {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node} >= {"MatMulInteger", "DynamicQuantizeLinear"}
+    measured = last_stage(out)["measured"]
+    assert measured["size_ratio"] <= 0.31 and measured["max_abs_diff"] == pytest.approx(
+        export.max_abs_diff({"logits": logits}, {"logits": reference}, batch["attention_mask"]), rel=1e-5)
+    assert len(measured["node_errors"]) == 8 and all(0 < e < 0.2 for _, e in measured["node_errors"])
+
+
+@pytest.mark.parametrize("task", ["token-classification", "question-answering"])
+def test_dynamic_int8_from_torch_directory_other_heads(tmp_path: Path, task: str) -> None:
+    src = save_tiny(tmp_path / "src", task, 5)
+    out = quantize(src, tmp_path / "int8", QuantizeConfig(mode="dynamic", optimize=True))
+    assert not (out / ".fp32").exists()
+    ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "QAttention" in ops  # the fused attention was quantized too
+    torch_model = runtime.Predictor.load(src)
+    batch = export.sample_batch(torch_model.tokenizer, task)
+    assert export.max_abs_diff(runtime.Predictor.load(out)(batch), torch_model(batch), batch["attention_mask"]) < 0.1
+
+
+def test_embeddings_can_stay_fp32_and_nodes_can_be_excluded(onnx_dir: Path, tmp_path: Path) -> None:
+    keep = "/roberta/encoder/layer.1/output/dense/MatMul"
+    out = quantize(onnx_dir, tmp_path / "int8", QuantizeConfig(quantize_embeddings=False, exclude_nodes=[keep]))
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert any(n.name == keep and n.op_type == "MatMul" for n in graph.node)
+    weights = {t.name: t.data_type for t in graph.initializer}
+    assert weights["roberta.embeddings.word_embeddings.weight"] == onnx.TensorProto.FLOAT
+    with_gather = quantize(onnx_dir, tmp_path / "int8-all", QuantizeConfig())
+    assert artifact.size_on_disk(with_gather) < artifact.size_on_disk(out)
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy"])
+def test_static_int8_calibrated_on_real_data(tmp_path: Path, sib, method: str) -> None:
+    src = sib_model(tmp_path, sib.label_names)
+    config = QuantizeConfig(mode="static", calibration_method=method, calibration_size=32, batch_size=16)
+    out = quantize(src, tmp_path / "static", config, sib)
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    assert ops.count("QuantizeLinear") >= 8  # activations (not only weights) carry calibrated QDQ pairs
+    measured = last_stage(out)["measured"]
+    assert measured["size_ratio"] <= 0.36 and measured["max_abs_diff"] < 0.2
+    accuracy = measured["accuracy"]
+    assert accuracy["metric"] == "macro_f1" and set(accuracy["quantized"]["per_language"]) == set(SIB_LANGUAGES)
+    assert accuracy["drop"] == pytest.approx(accuracy["source"]["overall"]["macro_f1"]
+                                             - accuracy["quantized"]["overall"]["macro_f1"])
+
+
+def test_accuracy_drop_warns_with_nodes_to_keep(tmp_path: Path, sib) -> None:
+    src = sib_model(tmp_path, sib.label_names)
+    with pytest.warns(UserWarning, match="--exclude-nodes /roberta/encoder/layer"):
+        quantize(src, tmp_path / "int8", QuantizeConfig(max_drop=-1.0, eval_split="validation"), sib)
+
+
+# --- bad input: one line, nothing written ---------------------------------------------------------------------
+
+
+def test_refuses_empty_calibration_set(tmp_path: Path, sib) -> None:
+    src = sib_model(tmp_path, sib.label_names)
+    empty = type(sib)(sib.task, sib.label_names, {**sib.splits, "train": sib.splits["train"].select([])})
+    with pytest.raises(UserError, match="calibration split 'train' is empty"):
+        quantize(src, tmp_path / "static", QuantizeConfig(mode="static"), empty)
+    assert not (tmp_path / "static").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_refuses_bad_requests(onnx_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="pass --data"):
+        quantize(onnx_dir, tmp_path / "q", QuantizeConfig(mode="static"))
+    with pytest.raises(UserError, match="unknown quantization mode"):
+        quantize(onnx_dir, tmp_path / "q", QuantizeConfig(mode="int4"))
+    int8 = quantize(onnx_dir, tmp_path / "int8")
+    with pytest.raises(UserError, match="already int8"):
+        quantize(int8, tmp_path / "q")
+    no_weights = tmp_path / "empty"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((onnx_dir / "config.json").read_text())
+    with pytest.raises(UserError, match="no weights"):
+        quantize(no_weights, tmp_path / "q")
+    assert not (tmp_path / "q").exists()
