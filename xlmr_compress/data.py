@@ -363,11 +363,12 @@ def _chatterbot(seed: int) -> dict[str, list[dict]]:
         for file in sorted((f for f in lang_dir.iterdir() if f.name.endswith(".yml")), key=lambda p: p.name):
             stem = file.name[: -len(".yml")].lower()
             topic = CHATTERBOT_TOPICS.get(stem, stem)
-            for conversation in yaml.load(file.read_text(encoding="utf-8"), Loader=YAML_LOADER).get("conversations") or []:
-                for utterance in conversation:
-                    if isinstance(utterance, str) and utterance.strip() and (utterance.strip(), topic) not in seen:
-                        seen.add((utterance.strip(), topic))
-                        by_topic[topic].append({"text": utterance.strip(), "label": topic, "language": lang_dir.name})
+            corpus = yaml.load(file.read_text(encoding="utf-8"), Loader=YAML_LOADER)
+            for utterance in (u for conversation in corpus.get("conversations") or [] for u in conversation):
+                text = utterance.strip() if isinstance(utterance, str) else ""
+                if text and (text, topic) not in seen:
+                    seen.add((text, topic))
+                    by_topic[topic].append({"text": text, "label": topic, "language": lang_dir.name})
     rng = np.random.default_rng(seed)
     rows = defaultdict(list)
     for topic in sorted(t for t, examples in by_topic.items() if len(examples) >= CHATTERBOT_MIN_EXAMPLES):
