@@ -1,6 +1,6 @@
 """Fine-tune the benchmark teacher: the pretrained e5-small encoder (XLM-R layout) on a real multilingual set.
 
-    python benchmarks/teacher.py --data ../shared/data/sib200 --out runs/teacher-sib200
+    python -m benchmarks.teacher --data ../shared/data/sib200 --out runs/teacher-sib200
 
 Every quality figure in RESULTS.md starts from this teacher (a transformer trained from scratch barely learns
 these sets). Writes the teacher's test metrics, per language, beside the majority-class baseline.
@@ -35,14 +35,18 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "data" / "sib200"), help="task data (default: SIB-200, 31 languages)")
     ap.add_argument("--out", default="runs/teacher-sib200", help="teacher model directory")
     ap.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs")
-    ap.add_argument("--max-per-split", type=int, default=None, help="subsample each split (quick runs)")
+    ap.add_argument("--train-examples", type=int, default=4000, help="seeded subset of the train split (CPU budget)")
+    ap.add_argument("--validation-examples", type=int, default=1000, help="seeded subset evaluated after each epoch")
     a = ap.parse_args()
     out = Path(a.out)
     encoder = out.with_name(out.name + ".e5")
     tokenizer = SHARED / "tokenizers" / "xlm-roberta" / "tokenizer.json"
     if not encoder.is_dir():
         e5.convert(encoder, tokenizer_file=tokenizer if tokenizer.is_file() else None)
-    data = load_data(DataConfig(a.data, max_per_split=a.max_per_split))
+    data = load_data(DataConfig(a.data))
+    for split, n in (("train", a.train_examples), ("validation", a.validation_examples)):
+        if n < len(data.splits[split]):
+            data.splits[split] = data.splits[split].shuffle(seed=0).select(range(n))
     config = FinetuneConfig(epochs=a.epochs, batch_size=32, learning_rate=1e-4, max_length=96, freeze_embeddings=True,
                             seed=0, logging_steps=100, resume=True)
     if not out.is_dir():

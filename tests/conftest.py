@@ -66,3 +66,42 @@ def sib_teacher(tmp_path_factory: pytest.TempPathFactory, e5_encoder: Path, sib_
     config = FinetuneConfig(epochs=4, batch_size=16, learning_rate=1e-4, max_length=64, freeze_embeddings=True,
                             seed=0, logging_steps=1000)
     return finetune(e5_encoder, sib_slice, out, config)
+
+
+def write_toy_data(folder: Path, n_train: int = 200, seed: int = 0) -> Path:
+    """A learnable two-class, two-language CSV data set (train/dev/test) in the tiny tokenizer's words."""
+    import csv
+    import random
+
+    rng = random.Random(seed)
+    words = {"pos": "good happy love great".split(), "neg": "bad sad hate no".split()}
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", 40), ("test", 40)):
+        with open(folder / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["text", "label", "language"])
+            for _ in range(n):
+                label = rng.choice(["pos", "neg"])
+                text = " ".join(rng.choices(words[label] + ["the", "movie", "film"], k=6))
+                w.writerow([text, label, rng.choice(["en", "fr"])])
+    return folder
+
+
+@pytest.fixture
+def toy_data(tmp_path: Path) -> Path:
+    """Directory with train/dev/test CSV files of a learnable toy task."""
+    return write_toy_data(tmp_path / "toy")
+
+
+@pytest.fixture
+def tiny_encoder(tmp_path: Path) -> Path:
+    """A tiny bare XLM-R encoder directory (no task head), as a pretrained checkpoint is."""
+    from transformers import XLMRobertaModel
+
+    from xlmr_compress.modeling import tiny_config, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    out = tmp_path / "encoder"
+    XLMRobertaModel(tiny_config(len(tok)), add_pooling_layer=False).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out

@@ -1,6 +1,7 @@
 """Fine-tuning on transformers.Trainer: teachers, and recovery after pruning."""
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -8,7 +9,6 @@ from typing import Any
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from . import artifact, modeling, runtime
 from .data import DataConfig, TaskData, collator, encode, load_data
@@ -95,14 +95,26 @@ def checkpoint_dir(out_dir: str | Path) -> Path:
     return out.with_name(out.name + ".checkpoints")
 
 
+def last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint whose trainer_state.json (written last by Trainer) is whole: a kill may cut the newest."""
+    found = sorted(checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for candidate in found:
+        try:
+            json.loads((candidate / "trainer_state.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        return str(candidate)
+    return None
+
+
 def prepare_checkpoints(out_dir: str | Path, resume: bool) -> tuple[Path, str | None]:
     """The checkpoint directory and the checkpoint to resume from; refuses to silently drop an interrupted run."""
     checkpoints = checkpoint_dir(out_dir)
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    last = last_complete_checkpoint(checkpoints)
     if last and not resume:
         raise UserError(f"{checkpoints} holds an interrupted run: pass --resume to continue it, or delete it to start over")
-    if resume and not last:
-        print(f"no checkpoint in {checkpoints}: starting from the beginning")
+    if resume:
+        print(f"resuming from {last}" if last else f"no checkpoint in {checkpoints}: starting from the beginning")
     return checkpoints, last
 
 
@@ -132,6 +144,7 @@ def finetune(
     if "train" not in task_data.splits:
         raise UserError("the data has no train split: give a directory with a train file")
     artifact.check_output(out_dir, config.overwrite)
+    checkpoints, last = prepare_checkpoints(out_dir, config.resume)
     parent = None
     if isinstance(model, (str, Path)):
         parent = model
@@ -144,7 +157,6 @@ def finetune(
     labels = runtime.label_names_of(model.config, task_data.task) or None
     train_features = encode(task_data, "train", tokenizer, config.max_length, config.stride, label_names=labels)
     eval_features = encode(task_data, eval_split, tokenizer, config.max_length, config.stride, label_names=labels)
-    checkpoints, last = prepare_checkpoints(out_dir, config.resume)
     trainer = TaskTrainer(
         model=model.train(), args=training_arguments(checkpoints, config, task_data.task),
         train_dataset=train_features, eval_dataset=eval_features, data_collator=collator(task_data.task, tokenizer), processing_class=tokenizer,

@@ -1,0 +1,97 @@
+"""finetune and evaluate on a tiny model: learns, records lineage, resumes after SIGKILL, refuses bad input."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import write_toy_data
+from xlmr_compress import FinetuneConfig, UserError, evaluate, finetune
+from xlmr_compress.artifact import read_lineage
+from xlmr_compress.data import load_data
+
+FAST = dict(epochs=3, batch_size=16, learning_rate=2e-3, logging_steps=1000)
+
+
+def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "xlmr_compress.cli", *args], capture_output=True, text=True,
+                          env=env, **kwargs)
+
+
+def test_finetune_learns_and_records_lineage(tiny_encoder: Path, toy_data: Path, tmp_path: Path):
+    out = finetune(tiny_encoder, str(toy_data), tmp_path / "out", FinetuneConfig(**FAST))
+    result = evaluate(out, str(toy_data))
+    assert result["overall"]["accuracy"] >= 0.9
+    assert set(result["per_language"]) == {"en", "fr"}
+    stage = read_lineage(out)["stages"][-1]
+    assert stage["stage"] == "finetune" and stage["options"]["epochs"] == 3
+    assert stage["measured"]["test"]["overall"] == result["overall"]
+    assert not (tmp_path / "out.checkpoints").exists()
+
+
+def test_output_checked_before_training(tiny_encoder: Path, toy_data: Path, tmp_path: Path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="already exists"):
+        finetune(tiny_encoder, str(toy_data), tmp_path / "out", FinetuneConfig(**FAST))
+
+
+def test_no_train_split(tiny_encoder: Path, toy_data: Path, tmp_path: Path):
+    (toy_data / "train.csv").unlink()
+    with pytest.raises(UserError, match="no train split"):
+        finetune(tiny_encoder, str(toy_data), tmp_path / "out", FinetuneConfig(**FAST))
+
+
+def test_resume_after_sigkill(tiny_encoder: Path, tmp_path: Path):
+    data = write_toy_data(tmp_path / "big", n_train=3000)
+    out = tmp_path / "out"
+    args = ["finetune", str(tiny_encoder), "--data", str(data), "--out", str(out), "--epochs", "2",
+            "--batch-size", "8", "--save-steps", "20", "--learning-rate", "2e-3"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "xlmr_compress.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "out.checkpoints" / "checkpoint-20"
+    deadline = time.time() + 300
+    while not (first / "trainer_state.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # let the checkpoint finish writing, as a real kill would land anywhere after it
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.is_dir(), "no checkpoint was written before the kill"
+    assert not out.exists(), "a killed run must leave no output directory"
+
+    refused = cli(*args)
+    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+    resumed = cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout and "checkpoint-" in resumed.stdout
+    assert (out / "model.safetensors").is_file() and (out / "compression.json").is_file()
+    state = json.loads((out / "compression.json").read_text())["stages"][-1]
+    assert state["stage"] == "finetune" and state["measured"]["test"]["overall"]["accuracy"] > 0.5
+
+
+def test_cli_errors_are_one_line(tiny_dir: Path, tmp_path: Path):
+    missing = cli("evaluate", str(tmp_path / "nope"), "--data", str(tmp_path))
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ")
+    assert len(missing.stderr.strip().splitlines()) == 1 and "Traceback" not in missing.stderr
+    data = write_toy_data(tmp_path / "d")
+    wrong = cli("evaluate", str(tiny_dir), "--data", str(data))
+    assert wrong.returncode == 2 and "does not know" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_evaluate_cli_writes_json(tiny_encoder: Path, toy_data: Path, tmp_path: Path):
+    out = finetune(tiny_encoder, str(toy_data), tmp_path / "m", FinetuneConfig(**FAST))
+    res = cli("evaluate", str(out), "--data", str(toy_data), "--json", str(tmp_path / "m.json"))
+    assert res.returncode == 0, res.stderr
+    assert "overall" in res.stdout and "fr" in res.stdout
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["overall"] == evaluate(out, load_data(str(toy_data)))["overall"]
