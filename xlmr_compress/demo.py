@@ -12,6 +12,8 @@ from .metrics import MAIN_METRIC, compute_metrics
 
 TEACHER_CONFIG = dict(epochs=3, batch_size=32, learning_rate=1e-4, max_length=64, freeze_embeddings=True, seed=0,
                       logging_steps=100, resume=True)
+DISTILL_CONFIG = dict(student_layers=6, epochs=3, batch_size=32, learning_rate=1e-4, max_length=64,
+                      freeze_embeddings=True, seed=0, logging_steps=100, resume=True)
 PRUNE_CONFIG = dict(heads=0.3, ffn=0.4, recover=True, recover_epochs=2, recover_learning_rate=1e-4, max_length=64)
 
 
@@ -37,6 +39,7 @@ def majority_baseline(data: data_mod.TaskData, split: str = "test") -> dict:
 
 def run_demo(workdir: Path) -> dict:
     """Fine-tune, evaluate and compress on the embedded default; print a summary table; return the figures."""
+    from .distill import DistillConfig, distill
     from .e5 import convert
     from .prune import PruneConfig, TrimConfig, prune, trim_vocab
     from .runtime import evaluate
@@ -49,13 +52,37 @@ def run_demo(workdir: Path) -> dict:
           + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()))
     encoder = stage(workdir, "e5-small", lambda out: convert(out))
     teacher = stage(workdir, "teacher", lambda out: finetune(encoder, data, out, FinetuneConfig(**TEACHER_CONFIG)))
+    student = stage(workdir, "student", lambda out: distill(teacher, data, out, DistillConfig(**DISTILL_CONFIG)))
+    side_by_side({"teacher": teacher, "student": student}, MAIN_METRIC[data.task])
     pruned = stage(workdir, "pruned", lambda out: prune(teacher, out, PruneConfig(**PRUNE_CONFIG), data=data))
     trimmed = stage(workdir, "trimmed", lambda out: trim_vocab(pruned, out, TrimConfig(), data=data))
     metric = MAIN_METRIC[data.task]
     rows = {"majority class": majority_baseline(data)["overall"], "teacher": evaluate(teacher, data)["overall"],
+            "student": evaluate(student, data)["overall"],
             "pruned": evaluate(pruned, data)["overall"], "pruned + trimmed": evaluate(trimmed, data)["overall"]}
     print(f"\n[demo] test split, {len(data.splits['test'])} examples")
     print(f"{'model':<16} {metric:>9} {'accuracy':>9}")
     for name, m in rows.items():
         print(f"{name:<16} {m[metric]:>9.4f} {m['accuracy']:>9.4f}")
+    return rows
+
+
+def side_by_side(models: dict[str, Path], metric: str, batch_size: int = 1, length: int = 64) -> list[dict]:
+    """Print test metric (as each stage measured it), parameters, size on disk and CPU latency, timed in one run."""
+    from .artifact import read_lineage
+    from .bench import BenchConfig, bench
+
+    timing = bench(list(models.values()), BenchConfig(batch_sizes=[batch_size], seq_lengths=[length],
+                                                      data_lengths=False, memory=False, warmup=2, repeats=20))
+    rows = []
+    for (name, path), timed in zip(models.items(), timing.rows):
+        measured = read_lineage(path)["stages"][-1]["measured"]
+        rows.append({"model": name, metric: measured["test"]["overall"][metric], "parameters": measured["parameters"],
+                     "mib": timed["size_mib"], "p50_ms": timed["p50_ms"], "speedup": timed["speedup"]})
+    print(f"\n[demo] teacher and student: test {metric}; CPU latency of batch {batch_size} x {length} tokens, "
+          f"{timing.rows[0]['threads']} threads, timed in the same run")
+    print(f"{'model':<8} {metric:>9} {'parameters':>12} {'MiB':>8} {'p50 ms':>8} {'speedup':>8}")
+    for r in rows:
+        print(f"{r['model']:<8} {r[metric]:>9.4f} {r['parameters']:>12,} {r['mib']:>8.1f} {r['p50_ms']:>8.2f} "
+              f"{r['speedup']:>7.2f}x")
     return rows
