@@ -79,8 +79,7 @@ def prune(model_dir: str | Path, out_dir: str | Path, config: PruneConfig | None
             recovered.rmdir()
         else:
             artifact.save_model(model.eval(), tokenizer, tmp)
-        options = {**asdict(config), "data": None if data is None else getattr(data, "path", str(data))}
-        artifact.record_stage(tmp, "prune", options, model_dir, measured, model=model)
+        artifact.record_stage(tmp, "prune", {**asdict(config), "data": data_name(data)}, model_dir, measured, model=model)
     return Path(out_dir)
 
 
@@ -103,6 +102,13 @@ def importance_batches(model: PreTrainedModel, tokenizer: object, task_data: Tas
     collate = collator(task_data.task, tokenizer)
     for start in range(0, len(features), config.batch_size):
         yield collate([features[i] for i in range(start, min(start + config.batch_size, len(features)))])
+
+
+def data_name(data: TaskData | DataConfig | str | None) -> str | None:
+    """How the lineage names the data a stage learnt from."""
+    if isinstance(data, TaskData):
+        return f"in-memory {data.task} data ({', '.join(f'{k} {len(v)}' for k, v in data.splits.items())})"
+    return getattr(data, "path", data)
 
 
 def _check(config: PruneConfig, data: object) -> str:

@@ -22,6 +22,7 @@ from tokenizers import Tokenizer
 from .. import artifact
 from ..data import DataConfig, TaskData, load_data
 from ..errors import UserError
+from .structured import data_name
 
 VOCAB_TENSORS = ("word_embeddings.weight", "lm_head.decoder.weight", "lm_head.decoder.bias", "lm_head.bias")
 TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json")
@@ -78,8 +79,7 @@ def trim_vocab(model_dir: str | Path, out_dir: str | Path, config: TrimConfig | 
             "parameters": sum(t.numel() for t in trimmed.values()),
             "coverage": coverage, "corpus_tokens": int(counts.sum()),
         }
-        options = {**asdict(config), "data": None if data is None else getattr(data, "path", str(data))}
-        artifact.record_stage(tmp, "trim-vocab", options, src, measured)
+        artifact.record_stage(tmp, "trim-vocab", {**asdict(config), "data": data_name(data)}, src, measured)
     return Path(out_dir)
 
 
