@@ -161,3 +161,16 @@ def test_refuses_unknown_provider(tmp_path: Path) -> None:
     out = export.export_onnx(src, tmp_path / "onnx")
     with pytest.raises(UserError, match="not available"):
         runtime.Predictor.load(out, provider="TensorrtExecutionProvider")
+
+
+def test_cli_export_and_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from xlmr_compress.cli import main
+
+    src = save_tiny(tmp_path / "src", "sequence-classification", 3)
+    assert main(["export", str(src), "--out", str(tmp_path / "onnx"), "--optimize"]) == 0
+    assert "max abs diff vs torch" in capsys.readouterr().out
+    assert (tmp_path / "onnx" / "model.onnx").is_file()
+    assert main(["export", str(src), "--out", str(tmp_path / "fp16"), "--fp16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: fp16 ONNX models run on GPU only") and err.count("\n") == 1
+    assert not (tmp_path / "fp16").exists()

@@ -128,3 +128,15 @@ def test_refuses_bad_requests(onnx_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no weights"):
         quantize(no_weights, tmp_path / "q")
     assert not (tmp_path / "q").exists()
+
+
+def test_cli_quantize_and_one_line_error(onnx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from xlmr_compress.cli import main
+
+    keep = "/roberta/encoder/layer.0/output/dense/MatMul"
+    assert main(["quantize", str(onnx_dir), "--out", str(tmp_path / "int8"), "--exclude-nodes", keep]) == 0
+    assert "of the source's size" in capsys.readouterr().out
+    assert last_stage(tmp_path / "int8")["options"]["exclude_nodes"] == [keep]
+    assert main(["quantize", str(onnx_dir), "--out", str(tmp_path / "static"), "--mode", "static"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: static quantization calibrates") and err.count("\n") == 1

@@ -1,9 +1,10 @@
 """One predictor over model directories, so evaluation and benchmarks measure every variant through the same path."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ class Predictor:
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None, provider: str | None = None,
-             **options: Any) -> "Predictor":
+             **options: Any) -> Predictor:
         """A predictor for a torch (model.safetensors) or ONNX (model.onnx) model directory."""
         path = Path(model_dir)
         if (path / "model.onnx").is_file() and not (path / "model.safetensors").is_file():
@@ -50,7 +51,7 @@ class Predictor:
         return cls.from_torch(model, tokenizer, device)
 
     @classmethod
-    def from_torch(cls, model: Any, tokenizer: Any, device: str = "cpu") -> "Predictor":
+    def from_torch(cls, model: Any, tokenizer: Any, device: str = "cpu") -> Predictor:
         """Wrap an in-memory torch model (used during training, before anything is saved)."""
         check_device(device)
         task = modeling.task_of(model.config) or task_of_instance(model)
@@ -67,7 +68,7 @@ class Predictor:
 
     @classmethod
     def from_onnx(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None,
-                  provider: str | None = None) -> "Predictor":
+                  provider: str | None = None) -> Predictor:
         """An ONNX Runtime session over an ONNX directory (model.onnx, config.json, tokenizer), checked against its config."""
         import onnxruntime as ort
 
@@ -82,7 +83,7 @@ class Predictor:
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         try:
             session = ort.InferenceSession(str(path / "model.onnx"), options, providers=onnx_providers(device, provider))
-        except Exception as e:  # onnxruntime's Fail, InvalidProtobuf, InvalidGraph, ... derive from Exception alone
+        except Exception as e:  # noqa: BLE001  onnxruntime's Fail, InvalidProtobuf, ... derive from Exception alone
             raise UserError(f"onnxruntime cannot load {path / 'model.onnx'} ({str(e).splitlines()[0][:200]}): "
                             "re-export the model") from None
         check_onnx(session, config, task, path, device)
@@ -182,7 +183,7 @@ def predict(predictor: Predictor, features: Any, batch_size: int = 64) -> dict[s
 
 def evaluate(
     model: str | Path | Predictor,
-    data: "data_mod.TaskData | data_mod.DataConfig | str",
+    data: data_mod.TaskData | data_mod.DataConfig | str,
     split: str = "test",
     batch_size: int = 64,
     max_length: int = 128,

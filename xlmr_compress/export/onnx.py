@@ -174,8 +174,8 @@ def sample_batch(tokenizer: object, task: str, max_length: int = 128) -> dict[st
 def max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray], mask: np.ndarray) -> float:
     """Largest absolute difference between two predictors' outputs, over real (non-padding) positions only."""
     worst = 0.0
-    for name in a:
-        diff = np.abs(a[name].astype(np.float64) - b[name].astype(np.float64))
+    for name, value in a.items():
+        diff = np.abs(value.astype(np.float64) - b[name].astype(np.float64))
         if diff.ndim >= 2 and diff.shape[:2] == mask.shape:
             diff = diff[mask.astype(bool)]
         worst = max(worst, float(diff.max()))

@@ -44,7 +44,7 @@ class QuantizeConfig:
 
 
 def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig | None = None,
-             data: "data_mod.TaskData | data_mod.DataConfig | str | None" = None) -> Path:
+             data: data_mod.TaskData | data_mod.DataConfig | str | None = None) -> Path:
     """Quantize a torch or ONNX model directory; with data, calibrate (static) and check accuracy on it."""
     config = config or QuantizeConfig()
     check_config(config, data)
@@ -68,7 +68,7 @@ def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig 
     return Path(out_dir).resolve()
 
 
-def write_int8(fp32: Path, out: Path, config: QuantizeConfig, task_data: "data_mod.TaskData | None") -> Path:
+def write_int8(fp32: Path, out: Path, config: QuantizeConfig, task_data: data_mod.TaskData | None) -> Path:
     """Write the int8 ONNX directory (graph, config, tokenizer) of an fp32 ONNX directory."""
     predictor = runtime.Predictor.load(fp32)
     if config.mode == "dynamic":
@@ -117,7 +117,8 @@ def op_types(config: QuantizeConfig) -> list[str]:
 
 def quantize_dynamic(fp32: Path, out: Path, config: QuantizeConfig) -> Path:
     """ORT dynamic int8: int8 weights, activations quantized on the fly from each batch's range."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic as ort_quantize_dynamic
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     path = out / export.ONNX_FILE
     ort_quantize_dynamic(_load(fp32), str(path), op_types_to_quantize=op_types(config),
@@ -168,7 +169,7 @@ def _mark_int8(path: Path) -> Path:
     return export.save(proto, path, precision="int8")
 
 
-def calibration_batches(predictor: runtime.Predictor, task_data: "data_mod.TaskData | None",
+def calibration_batches(predictor: runtime.Predictor, task_data: data_mod.TaskData | None,
                         config: QuantizeConfig) -> list[dict[str, np.ndarray]]:
     """Equal-shape input batches from the first `calibration_size` examples of the calibration split (ORT's
     histogram calibrators stack the batches)."""
@@ -255,7 +256,7 @@ def _fake_uint8(x: np.ndarray) -> np.ndarray:
     return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
 
 
-def accuracy_check(source: Path, quantized: Path, task_data: "data_mod.TaskData", config: QuantizeConfig,
+def accuracy_check(source: Path, quantized: Path, task_data: data_mod.TaskData, config: QuantizeConfig,
                    worst_nodes: list[str]) -> dict:
     """Main metric of the source and the quantized model on the eval split, overall and per language; warns, naming
     the nodes to keep in fp32, when the drop exceeds config.max_drop."""
