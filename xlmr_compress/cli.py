@@ -338,9 +338,151 @@ def cmd_quantize(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+DISTILL_HELP = {
+    "learning_rate": "peak learning rate of the student (linear warm-up, then linear decay)",
+    "student_layers": "number of teacher layers the student keeps",
+    "layers": "exactly these teacher layers (0-based, increasing) instead of --student-layers",
+    "layer_selection": "even: spread from the first to the last layer; first: the bottom k layers",
+    "student_heads": "attention heads per student layer, the most important kept (default: the teacher's)",
+    "student_ffn": "FFN neurons per student layer, the most important kept (default: the teacher's)",
+    "student_hidden": "student hidden size, the dimensions with the largest LayerNorm gains kept (default: the teacher's)",
+    "student_init": "teacher: student layers sliced from the teacher's; fresh: new random layers (embeddings and "
+                    "head still copied)",
+    "student": "a student model directory (same tokenizer and task head) to train instead of building one",
+    "preset": "losses: fast (outputs only), balanced (+ hidden states), quality (+ attention, MiniLM relations, "
+              "embeddings)",
+    "losses": "NAME=WEIGHT overrides of the preset, NAME among soft hard hidden attention relations embedding",
+    "temperature": "softmax temperature of the soft targets (default: the preset's, 2)",
+    "unlabeled": "text file, one text a line in any language, that the teacher labels for the student",
+    "cache_teacher": "compute the teacher's outputs once into OUT.checkpoints and reuse them every epoch "
+                     "(output losses only)",
+}
+
+
+def cmd_distill(sub: argparse._SubParsersAction) -> None:
+    from .distill import DistillConfig
+
+    p = sub.add_parser("distill", help="train a smaller student from a fine-tuned teacher",
+                       description="Build a student from the teacher (k of its layers, optionally narrower) or take "
+                                   "--student, train it on the teacher's outputs and the labels; writes --out with "
+                                   "both models' metrics in compression.json.")
+    p.add_argument("--teacher", required=True, help="fine-tuned teacher model directory (with a task head)")
+    p.add_argument("--out", required=True, help="output student directory (written atomically)")
+    add_data_flags(p)
+    add_config_flags(p, DistillConfig, help=DISTILL_HELP)
+
+    def run(args: argparse.Namespace) -> None:
+        from .artifact import read_lineage
+        from .distill import distill
+
+        out = distill(args.teacher, data_from(args), args.out, config_from(args, DistillConfig))
+        measured = read_lineage(out)["stages"][-1]["measured"]
+        teacher = measured["teacher"]
+        split = next(k for k in ("test", "validation") if k in teacher)
+        print(f"wrote {out}: {measured['parameters']:,} parameters (teacher {teacher['parameters']:,})")
+        for name, result in (("teacher", teacher[split]), ("student", measured[split])):
+            print(f"\n{name}, {split} split:")
+            print_metrics(result)
+
+    p.set_defaults(run=run)
+
+
+BENCH_HELP = {
+    "devices": "devices to time on: cpu, cuda or cuda:N (an absent one is refused before any work)",
+    "batch_sizes": "batch sizes to time",
+    "seq_lengths": "fixed, unpadded sequence lengths (tokens) to time",
+    "data_lengths": "with --data, also time batches drawn from the data's real lengths (padded as evaluation pads)",
+    "threads": "CPU threads, one run each (default: torch's current count, i.e. OMP_NUM_THREADS)",
+    "warmup": "untimed calls per variant and setting before timing",
+    "repeats": "timed rounds; each calls every variant once, the first rotating, so drift hits all alike",
+    "memory": "measure each variant's peak memory in a fresh child process",
+    "cuda_graphs": "CUDA only: time fixed-shape torch batches as CUDA-graph replays",
+    "baseline": "variant (directory name) every ratio refers to (default: the first model)",
+    "split": "split of --data that is evaluated and sampled for real lengths",
+    "quick": "one-minute smoke run: 5 rounds, batch 1, 64 tokens and real lengths, 100 examples, no memory",
+}
+
+
+def cmd_bench(sub: argparse._SubParsersAction) -> None:
+    from .bench import BenchConfig
+
+    p = sub.add_parser("bench", help="latency, throughput, memory, size and accuracy of model directories",
+                       description="Time model directories (torch or ONNX) interleaved on each device and setting; "
+                                   "with --data also evaluate them: one table, ratios to a baseline, a Pareto plot.")
+    p.add_argument("models", nargs="+", help="model directories; the first is the baseline unless --baseline")
+    p.add_argument("--out", help="write results.md, CSV tables, results.json and pareto.png (with --data) here")
+    p.add_argument("--overwrite", action="store_true", help="replace the --out directory if it exists")
+    add_data_flags(p, required=False)
+    p.set_defaults(data=None)
+    add_config_flags(p, BenchConfig, help=BENCH_HELP)
+
+    def run(args: argparse.Namespace) -> None:
+        from .artifact import check_output
+        from .bench import bench
+
+        if args.out:
+            check_output(args.out, args.overwrite)
+        result = bench(args.models, config_from(args, BenchConfig), data_from(args) if args.data else None)
+        print(result.markdown())
+        if args.out:
+            print(f"wrote {result.write(args.out, args.overwrite)}")
+
+    p.set_defaults(run=run)
+
+
+DISTILL_HELP = {
+    "learning_rate": "peak learning rate of the student (linear warm-up, then linear decay)",
+    "student_layers": "number of teacher layers the student keeps",
+    "layers": "exactly these teacher layers (0-based, increasing) instead of --student-layers",
+    "layer_selection": "even: spread from the first to the last layer; first: the bottom k layers",
+    "student_heads": "attention heads per student layer, the most important kept (default: the teacher's)",
+    "student_ffn": "FFN neurons per student layer, the most important kept (default: the teacher's)",
+    "student_hidden": "student hidden size, the dimensions with the largest LayerNorm gains kept (default: the teacher's)",
+    "student_init": "teacher: student layers sliced from the teacher's; fresh: new random layers (embeddings and "
+                    "head still copied)",
+    "student": "a student model directory (same tokenizer and task head) to train instead of building one",
+    "preset": "losses: fast (outputs only), balanced (+ hidden states), quality (+ attention, MiniLM relations, "
+              "embeddings)",
+    "losses": "NAME=WEIGHT overrides of the preset, NAME among soft hard hidden attention relations embedding",
+    "temperature": "softmax temperature of the soft targets (default: the preset's, 2)",
+    "unlabeled": "text file, one text a line in any language, that the teacher labels for the student",
+    "cache_teacher": "compute the teacher's outputs once into OUT.checkpoints and reuse them every epoch "
+                     "(output losses only)",
+}
+
+
+def cmd_distill(sub: argparse._SubParsersAction) -> None:
+    from .distill import DistillConfig
+
+    p = sub.add_parser("distill", help="train a smaller student from a fine-tuned teacher",
+                       description="Build a student from the teacher (k of its layers, optionally narrower) or take "
+                                   "--student, train it on the teacher's outputs and the labels; writes --out with "
+                                   "both models' metrics in compression.json.")
+    p.add_argument("--teacher", required=True, help="fine-tuned teacher model directory (with a task head)")
+    p.add_argument("--out", required=True, help="output student directory (written atomically)")
+    add_data_flags(p)
+    add_config_flags(p, DistillConfig, help=DISTILL_HELP)
+
+    def run(args: argparse.Namespace) -> None:
+        from .artifact import read_lineage
+        from .distill import distill
+
+        out = distill(args.teacher, data_from(args), args.out, config_from(args, DistillConfig))
+        measured = read_lineage(out)["stages"][-1]["measured"]
+        teacher = measured["teacher"]
+        split = next(k for k in ("test", "validation") if k in teacher)
+        print(f"wrote {out}: {measured['parameters']:,} parameters (teacher {teacher['parameters']:,})")
+        for name, result in (("teacher", teacher[split]), ("student", measured[split])):
+            print(f"\n{name}, {split} split:")
+            print_metrics(result)
+
+    p.set_defaults(run=run)
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [cmd_finetune, cmd_evaluate, cmd_convert_e5, cmd_demo,
                                                                     cmd_prune, cmd_trim_vocab,
-                                                                    cmd_export, cmd_quantize]
+                                                                    cmd_export, cmd_quantize, cmd_bench,
+                                                                    cmd_distill]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -357,6 +499,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input ends with one line on stderr and exit code 2, never a traceback."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         args.run(args)
     except UserError as e:
