@@ -1,6 +1,7 @@
 """The prune stage: score heads and FFN neurons, remove the weakest for real, optionally recover, save."""
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from .graph import dependency_graph
 from .heads import prune_heads
 
 METHODS = ("auto", "taylor", "magnitude")
+RECOVERY = ("distill", "finetune")
 
 
 @dataclass
@@ -34,7 +36,8 @@ class PruneConfig:
     importance_split: str = "train"
     batch_size: int = 32
     max_length: int = 128
-    recover: bool = False  # fine-tune the pruned model on the data to win back accuracy
+    recover: bool = False  # train the pruned model on the data to win back accuracy
+    recover_with: str = "distill"  # distill: from the unpruned model (distill stage); finetune: labels only
     recover_epochs: float = 1.0
     recover_learning_rate: float = 5e-5
     freeze_embeddings: bool = True  # pruning leaves the embedding alone, so recovery need not train it
@@ -71,7 +74,7 @@ def prune(model_dir: str | Path, out_dir: str | Path, config: PruneConfig | None
 
     with artifact.atomic_output(out_dir, config.overwrite) as tmp:
         if config.recover:
-            recovered = recover(model, tokenizer, task_data, tmp / "recovered", config)
+            recovered = recover(model, tokenizer, task_data, tmp, config, model_dir)
             measured.update({k: v for k, v in artifact.read_lineage(recovered)["stages"][-1]["measured"].items()
                              if k in ("validation", "test")})
             for f in recovered.iterdir():
@@ -83,12 +86,21 @@ def prune(model_dir: str | Path, out_dir: str | Path, config: PruneConfig | None
     return Path(out_dir)
 
 
-def recover(model: PreTrainedModel, tokenizer: object, task_data: TaskData, out_dir: Path, config: PruneConfig) -> Path:
-    """Fine-tune the pruned model on the task data (the best epoch on the validation split is kept)."""
-    finetune_config = FinetuneConfig(
-        epochs=config.recover_epochs, batch_size=config.batch_size, learning_rate=config.recover_learning_rate,
-        max_length=config.max_length, freeze_embeddings=config.freeze_embeddings, seed=config.seed)
-    return finetune(model, task_data, out_dir, finetune_config, tokenizer=tokenizer)
+def recover(model: PreTrainedModel, tokenizer: object, task_data: TaskData, work: Path, config: PruneConfig,
+            teacher: str | Path) -> Path:
+    """Train the pruned model on the task data, by distillation from its unpruned self or by fine-tuning;
+    returns the directory the best epoch (on the validation split) was written to, inside `work`."""
+    common = {"epochs": config.recover_epochs, "batch_size": config.batch_size, "max_length": config.max_length,
+              "learning_rate": config.recover_learning_rate, "freeze_embeddings": config.freeze_embeddings,
+              "seed": config.seed}
+    if config.recover_with == "finetune":
+        return finetune(model, task_data, work / "recovered", FinetuneConfig(**common), tokenizer=tokenizer)
+    from ..distill.trainer import DistillConfig, distill  # distill.student imports prune.importance: import late
+
+    artifact.save_model(model, tokenizer, work / "student")
+    recovered = distill(teacher, task_data, work / "recovered", DistillConfig(**common, student=str(work / "student")))
+    shutil.rmtree(work / "student")
+    return recovered
 
 
 def importance_batches(model: PreTrainedModel, tokenizer: object, task_data: TaskData,
@@ -121,6 +133,8 @@ def _check(config: PruneConfig, data: object) -> str:
         raise UserError(f"unknown --importance {config.importance!r}: use {', '.join(METHODS)}")
     if data is None and (config.importance == "taylor" or config.recover):
         raise UserError("Taylor importance and --recover learn from data: give --data, or use --importance magnitude")
+    if config.recover_with not in RECOVERY:
+        raise UserError(f"unknown --recover-with {config.recover_with!r}: use {' or '.join(RECOVERY)}")
     if config.importance_batches < 1 or config.batch_size < 1:
         raise UserError("--importance-batches and --batch-size must be at least 1")
     return "taylor" if config.importance == "taylor" or (config.importance == "auto" and data is not None) \
