@@ -161,13 +161,14 @@ def check_device(device: str) -> None:
 def predict(predictor: Predictor, features: Any, batch_size: int = 64) -> dict[str, np.ndarray]:
     """Outputs for every feature, computed in length-sorted batches and returned in the features' order."""
     collate = data_mod.collator(predictor.task, predictor.tokenizer)
-    order = np.argsort(np.asarray(features["length"]), kind="stable")
+    lengths = np.asarray(features["length"][:])
+    order = np.argsort(lengths, kind="stable")
     inputs = features.select_columns(["input_ids", "attention_mask"])
-    width = int(max(features["length"])) if len(features) else 0
+    width = int(lengths.max()) if len(features) else 0
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(order), batch_size):
-        rows = [inputs[int(i)] for i in order[start:start + batch_size]]
-        batch = collate(rows)
+        columns = inputs[order[start:start + batch_size].tolist()]
+        batch = collate([dict(zip(columns, values)) for values in zip(*columns.values())])
         out = predictor({k: batch[k].numpy() for k in ("input_ids", "attention_mask")})
         for name, value in out.items():
             if value.ndim >= 2 and predictor.task != "sequence-classification":
@@ -203,6 +204,6 @@ def evaluate(
     outputs = predict(predictor, features, batch_size)
     predictions = data_mod.decode(task_data, split, features, outputs, label_names=labels)
     result = metrics.compute_metrics(task_data.task, predictions, data_mod.references_of(task_data, split),
-                                     list(task_data.splits[split]["language"]), task_data.label_names)
+                                     task_data.splits[split]["language"][:], task_data.label_names)
     result["split"], result["examples"] = split, len(task_data.splits[split])
     return result
