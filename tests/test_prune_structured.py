@@ -125,9 +125,11 @@ def test_targets_ratio_counts_and_global_budget():
     assert [len(k) for k in keep_indices(scores, remove=0.99, scope="global")] == [1, 1]
 
 
-def test_prune_with_data_taylor_and_recovery(tmp_path: Path, tiny_dir: Path, tiny_data: Path):
+@pytest.mark.parametrize("recover_with", ["distill", "finetune"])
+def test_prune_with_data_taylor_and_recovery(tmp_path: Path, tiny_dir: Path, tiny_data: Path, recover_with: str):
     config = PruneConfig(keep_heads=[2, 1], keep_ffn=[16], scope="global", importance_batches=2, batch_size=16,
-                         recover=True, recover_epochs=1, recover_learning_rate=1e-3, max_length=16)
+                         recover=True, recover_with=recover_with, recover_epochs=1, recover_learning_rate=1e-3,
+                         max_length=16)
     out = prune(tiny_dir, tmp_path / "recovered", config, data=str(tiny_data))
     model, _ = load(out)
     assert layer_shapes(model) == {"head_size": 8, "heads": [2, 1], "ffn": [16, 16]}
@@ -149,6 +151,7 @@ def test_prune_with_data_taylor_and_recovery(tmp_path: Path, tiny_dir: Path, tin
     (PruneConfig(keep_heads=[5]), "cannot keep 5"),
     (PruneConfig(importance="taylor"), "give --data"),
     (PruneConfig(scope="model"), "unknown --scope"),
+    (PruneConfig(recover_with="magic"), "unknown --recover-with"),
 ])
 def test_bad_input_is_one_line_error(tmp_path: Path, tiny_dir: Path, config: PruneConfig, message: str):
     with pytest.raises(UserError, match=message) as err:
