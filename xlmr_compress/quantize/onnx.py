@@ -36,7 +36,7 @@ class QuantizeConfig:
     calibration_method: str = "minmax"  # static: minmax | entropy | percentile
     calibration_split: str = "train"
     calibration_size: int = 128  # examples used to calibrate
-    eval_split: str = "test"  # accuracy check against the source model (skipped without data)
+    eval_split: str | None = "test"  # accuracy check against the source model (None, or no data: skipped)
     max_drop: float = 0.01  # warn when the main metric falls by more (0.01 = 1 point)
     max_length: int = 128
     batch_size: int = 32
@@ -60,7 +60,7 @@ def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig 
             write_int8(reference, tmp, config, task_data)
         measured = compare(reference, tmp)
         worst = [name for name, _ in measured.get("node_errors", [])[:3]]
-        if task_data is not None:
+        if task_data is not None and config.eval_split:
             measured.update(accuracy_check(source, tmp, task_data, config, worst))
         if reference != source:
             shutil.rmtree(reference)

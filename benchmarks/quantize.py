@@ -1,0 +1,132 @@
+"""Quantization study: ONNX Runtime int8 against torch fp32, for speed and size and for accuracy.
+
+    python -m benchmarks.quantize latency   # xlm-roberta-base shape (random weights), batch 1, 128 tokens, 2 threads
+    python -m benchmarks.quantize quality   # the SIB-200 teacher: fp32 vs dynamic and static int8, per language
+
+Every variant is a model directory written by the library's own stages and timed or evaluated through
+`xlmr_compress.bench` (one predictor path for torch and ONNX). Directories are kept in --workdir between runs.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaTokenizerFast
+
+from benchmarks.results import update_section
+from xlmr_compress import artifact
+from xlmr_compress.bench import BenchConfig, bench, markdown_table
+from xlmr_compress.data import DataConfig, load_data
+from xlmr_compress.export.onnx import ExportConfig, export_onnx
+from xlmr_compress.quantize.onnx import QuantizeConfig, quantize
+from xlmr_compress.quantize.torch import quantize_torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+TOKENIZER = SHARED / "tokenizers" / "xlm-roberta" / "tokenizer.json"
+COLUMNS = ("variant", "backend", "precision", "p50_ms", "p90_ms", "speedup", "size_mib", "size_ratio")
+BASE = {"vocab_size": 250002, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+        "intermediate_size": 3072, "layer_norm_eps": 1e-5, "type_vocab_size": 1, "max_position_embeddings": 514,
+        "pad_token_id": 1, "num_labels": 7}
+
+
+def build(out: Path, make) -> Path:
+    """Write a variant once; later runs reuse the directory."""
+    if not out.is_dir():
+        print(f"[quantize] building {out.name}", flush=True)
+        make(out)
+    return out
+
+
+def base_model(out: Path) -> Path:
+    """xlm-roberta-base's shape with random weights and XLM-R's real tokenizer (latency needs no training)."""
+    torch.manual_seed(0)
+    config = XLMRobertaConfig(**BASE, architectures=["XLMRobertaForSequenceClassification"])
+    model = XLMRobertaForSequenceClassification(config).eval()
+    with artifact.atomic_output(out) as tmp:
+        artifact.save_model(model, XLMRobertaTokenizerFast(tokenizer_file=str(TOKENIZER)), tmp)
+    return out
+
+
+def latency(workdir: Path, repeats: int) -> str:
+    """torch eager fp32, torch int8, ORT fp32 and int8, each with and without ONNX Runtime's fusions."""
+    fp32 = build(workdir / "torch-fp32", base_model)
+    ort_fp32 = build(workdir / "ort-fp32", lambda out: export_onnx(fp32, out))
+    fused = build(workdir / "ort-fp32-fused", lambda out: export_onnx(fp32, out, ExportConfig(optimize=True)))
+    variants = [
+        fp32,
+        build(workdir / "torch-int8", lambda out: quantize_torch(fp32, out)),
+        ort_fp32,
+        fused,
+        build(workdir / "ort-int8", lambda out: quantize(ort_fp32, out)),
+        build(workdir / "ort-int8-fused", lambda out: quantize(fused, out)),
+    ]
+    config = BenchConfig(batch_sizes=[1], seq_lengths=[128], threads=[2], warmup=3, repeats=repeats, memory=False)
+    result = bench(variants, config)
+    rows = {r["variant"]: r for r in result.rows}
+    torch_ms, fp32_bytes = rows["torch-fp32"]["p50_ms"], artifact.size_on_disk(ort_fp32)
+    checks = []
+    for name in ("ort-int8", "ort-int8-fused"):
+        speed = rows[name]["p50_ms"] / torch_ms
+        size = artifact.size_on_disk(workdir / name) / fp32_bytes
+        checks.append(f"- `{name}`: latency {speed:.3f} x torch eager fp32 (target <= 0.25: "
+                      f"{'met' if speed <= 0.25 else 'NOT met'}); file {size:.3f} x the fp32 ONNX file "
+                      f"(target <= 0.30: {'met' if size <= 0.30 else 'NOT met'})")
+    return (f"xlm-roberta-base shape (12 x 768, 250,002-piece vocabulary, random weights, sequence-classification "
+            f"head), {rows['torch-fp32']['setting']}, {repeats} interleaved rounds; `-fused` = exported with "
+            "`--optimize` (ONNX Runtime's Attention/SkipLayerNorm/BiasGelu fusions); int8 = dynamic, per-channel, "
+            "embeddings included.\n\n" + markdown_table([{k: r[k] for k in COLUMNS} for r in result.rows])
+            + "\n\n" + "\n".join(checks) + "\n\nNo GPU on this machine: the fusions and fp16 were not measured on GPU.")
+
+
+def quality(workdir: Path, teacher: Path, data_path: str, calibration_size: int) -> str:
+    """Main metric, overall and per language, of the teacher in fp32 and ORT fp32/int8 on the full test split."""
+    data = load_data(DataConfig(data_path))
+    ort_fp32 = build(workdir / "teacher-ort-fp32", lambda out: export_onnx(teacher, out))
+    dynamic = QuantizeConfig(mode="dynamic", eval_split=None)
+    static = QuantizeConfig(mode="static", calibration_size=calibration_size, eval_split=None)
+    variants = [
+        teacher,
+        ort_fp32,
+        build(workdir / "teacher-int8-dynamic", lambda out: quantize(ort_fp32, out, dynamic)),
+        build(workdir / "teacher-int8-static", lambda out: quantize(ort_fp32, out, static, data)),
+    ]
+    config = BenchConfig(batch_sizes=[1], seq_lengths=[128], threads=[2], warmup=2, repeats=10, memory=False,
+                         data_lengths=False)
+    result = bench(variants, config, data)
+    base = result.accuracy[teacher.name]["overall"][result.metric]
+    checks = [f"- `{name}`: {result.metric} {a['overall'][result.metric]:.4f}, "
+              f"{(base - a['overall'][result.metric]) * 100:+.2f} points lost against fp32 (target <= 1: "
+              f"{'met' if base - a['overall'][result.metric] <= 0.01 else 'NOT met'})"
+              for name, a in result.accuracy.items() if "int8" in name]
+    columns = COLUMNS[:3] + ("size_mib", "size_ratio", "p50_ms", result.metric, f"{result.metric}_delta")
+    summary = [{k: r.get(k) for k in columns} for r in result.summary()]
+    return (f"Teacher `{teacher}` (e5-small fine-tuned on SIB-200), `{data_path}` {result.task_summary}; static "
+            f"int8 calibrated on the first {calibration_size} train examples (MinMax, QDQ), both int8 variants "
+            "per-channel with int8 embeddings; latency at batch 1, 128 tokens, 2 threads.\n\n"
+            + markdown_table(summary) + "\n\n" + "\n".join(checks) + f"\n\n{result.metric} per language:\n\n"
+            + markdown_table(result.per_language()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("study", choices=["latency", "quality"])
+    ap.add_argument("--workdir", default="/work/cache/quantize-bench", help="where variant directories are kept")
+    ap.add_argument("--repeats", type=int, default=20, help="timed rounds (latency)")
+    ap.add_argument("--teacher", default="/work/cache/teacher-sib200", help="fine-tuned teacher directory (quality)")
+    ap.add_argument("--data", default=str(SHARED / "data" / "sib200"), help="task data (quality)")
+    ap.add_argument("--calibration-size", type=int, default=128, help="train examples calibrating static int8")
+    a = ap.parse_args()
+    workdir = Path(a.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if a.study == "latency":
+        body = latency(workdir, a.repeats)
+        update_section("quantize-latency", "Quantization: int8 latency and size (xlm-roberta-base shape)", body)
+    else:
+        body = quality(workdir, Path(a.teacher), a.data, a.calibration_size)
+        update_section("quantize-quality", "Quantization: int8 accuracy on SIB-200 (teacher)", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
