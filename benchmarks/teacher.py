@@ -12,9 +12,9 @@ from pathlib import Path
 
 from benchmarks.results import update_section
 from xlmr_compress import e5
+from xlmr_compress.artifact import read_lineage
 from xlmr_compress.data import DataConfig, load_data
 from xlmr_compress.demo import majority_baseline
-from xlmr_compress.runtime import evaluate
 from xlmr_compress.train import FinetuneConfig, finetune
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -51,7 +51,7 @@ def main() -> None:
                             seed=0, logging_steps=100, resume=True)
     if not out.is_dir():
         finetune(encoder, data, out, config)
-    result = evaluate(out, data, "test")
+    result = read_lineage(out)["stages"][-1]["measured"]["test"]  # measured by finetune on the saved model
     body = (f"Teacher: e5-small (12 layers x 384, pretrained, XLM-R layout) fine-tuned on `{a.data}` train "
             f"({len(data.splits['train'])} examples, {a.epochs} epochs, frozen word embeddings); test split, "
             f"{len(data.splits['test'])} examples.\n\n" + table(result, majority_baseline(data)))
