@@ -65,6 +65,7 @@ def training_arguments(checkpoints: Path, config: Any, task: str, **extra: Any) 
         metric_for_best_model=MAIN_METRIC[task], greater_is_better=True,
         logging_steps=config.logging_steps, report_to="none", remove_unused_columns=False,
         train_sampling_strategy="group_by_length", dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         **precision_flags(config.precision), **extra,
     )
 
