@@ -44,7 +44,11 @@ def sib_model(tmp_path: Path, label_names: list[str]) -> Path:
 
 
 def test_dynamic_int8_small_close_and_plain_onnxruntime(onnx_dir: Path, tmp_path: Path) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in onnx_dir.iterdir()}
     out = quantize(onnx_dir, tmp_path / "int8", QuantizeConfig(mode="dynamic"))
+    assert {p.name: p.stat().st_mtime_ns for p in onnx_dir.iterdir()} == before  # the input is left as it was
+    assert sorted(p.name for p in out.iterdir()) == ["compression.json", "config.json", "model.onnx",
+                                                     "tokenizer.json", "tokenizer_config.json"]
     assert artifact.size_on_disk(out) <= 0.31 * artifact.size_on_disk(onnx_dir)
     fp32 = runtime.Predictor.load(onnx_dir)
     batch = export.sample_batch(fp32.tokenizer, fp32.task)

@@ -95,7 +95,7 @@ def check_config(config: QuantizeConfig, data: object) -> None:
 
 
 def fp32_onnx(model_dir: Path, scratch: Path, optimize: bool) -> Path:
-    """An fp32 ONNX directory to quantize: a copy of an ONNX input, or an export of a torch one."""
+    """An fp32 ONNX directory to quantize: an ONNX input itself, or an export of a torch one into `scratch`."""
     if (model_dir / export.ONNX_FILE).is_file() and not (model_dir / "model.safetensors").is_file():
         if optimize:
             raise UserError(f"{model_dir} is already ONNX: --optimize applies when exporting; export the torch "
@@ -104,8 +104,7 @@ def fp32_onnx(model_dir: Path, scratch: Path, optimize: bool) -> Path:
             runtime.PRECISION_KEY, "fp32")
         if precision != "fp32":
             raise UserError(f"{model_dir} is already {precision}: quantize the fp32 export it came from")
-        shutil.copytree(model_dir, scratch)
-        return scratch
+        return model_dir
     return export.export_onnx(model_dir, scratch, export.ExportConfig(optimize=optimize))
 
 
@@ -204,11 +203,11 @@ def compare(reference: Path, quantized: Path) -> dict:
                 "size_ratio": artifact.size_on_disk(quantized) / artifact.size_on_disk(reference),
                 "max_abs_diff": export.max_abs_diff(out, ref(batch), batch["attention_mask"])}
     if ref.backend == "onnx":
-        measured["node_errors"] = node_errors(reference, [batch])[:REPORTED_NODES]
+        measured["node_errors"] = node_errors(reference, [batch], quantized / ".taps")[:REPORTED_NODES]
     return measured
 
 
-def node_errors(fp32: Path, batches: list[dict[str, np.ndarray]]) -> list[tuple[str, float]]:
+def node_errors(fp32: Path, batches: list[dict[str, np.ndarray]], scratch: Path) -> list[tuple[str, float]]:
     """Relative output error int8 alone would give each weight MatMul (per-channel int8 weights, per-batch int8
     activations), worst first: outlier activations, the usual cause of XLM-R int8 collapses, show up here."""
     import onnxruntime as ort
@@ -220,11 +219,11 @@ def node_errors(fp32: Path, batches: list[dict[str, np.ndarray]]) -> list[tuple[
     outputs = {o.name for o in proto.graph.output}
     proto.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                               for name in names if name not in outputs)
-    taps = fp32 / ".taps"  # its own folder: save() may write external data, which must not touch fp32's
-    taps.mkdir()
-    session = ort.InferenceSession(str(export.save(proto, taps / export.ONNX_FILE)), providers=["CPUExecutionProvider"])
+    scratch.mkdir()  # the tapped graph (and its external data) goes here, never beside the input's files
+    path = export.save(proto, scratch / export.ONNX_FILE)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     runs = [dict(zip(names, session.run(names, batch))) for batch in batches]
-    shutil.rmtree(taps)
+    shutil.rmtree(scratch)
     errors = []
     for node in nodes:
         w = onnx.numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
