@@ -79,9 +79,9 @@ def latency(workdir: Path, repeats: int) -> str:
             + "\n\n" + "\n".join(checks) + "\n\nNo GPU on this machine: the fusions and fp16 were not measured on GPU.")
 
 
-def quality(workdir: Path, teacher: Path, data_path: str, calibration_size: int) -> str:
-    """Main metric, overall and per language, of the teacher in fp32 and ORT fp32/int8 on the full test split."""
-    data = load_data(DataConfig(data_path))
+def quality(workdir: Path, teacher: Path, data_path: str, calibration_size: int, per_split: int | None) -> str:
+    """Main metric, overall and per language, of the teacher in fp32 and ORT fp32/int8 on the test split."""
+    data = load_data(DataConfig(data_path, max_per_split=per_split))
     ort_fp32 = build(workdir / "teacher-ort-fp32", lambda out: export_onnx(teacher, out))
     dynamic = QuantizeConfig(mode="dynamic", eval_split=None)
     static = QuantizeConfig(mode="static", calibration_size=calibration_size, eval_split=None)
@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="/work/cache/teacher-sib200", help="fine-tuned teacher directory (quality)")
     ap.add_argument("--data", default=str(SHARED / "data" / "sib200"), help="task data (quality)")
     ap.add_argument("--calibration-size", type=int, default=128, help="train examples calibrating static int8")
+    ap.add_argument("--max-per-split", type=int, help="examples per split, stratified by language (default: all)")
     a = ap.parse_args()
     workdir = Path(a.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +124,7 @@ def main() -> None:
         body = latency(workdir, a.repeats)
         update_section("quantize-latency", "Quantization: int8 latency and size (xlm-roberta-base shape)", body)
     else:
-        body = quality(workdir, Path(a.teacher), a.data, a.calibration_size)
+        body = quality(workdir, Path(a.teacher), a.data, a.calibration_size, a.max_per_split)
         update_section("quantize-quality", "Quantization: int8 accuracy on SIB-200 (teacher)", body)
     print(body)
 
