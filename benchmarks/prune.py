@@ -89,7 +89,7 @@ def vocab_figure(work: Path, quick: bool) -> str:
 
 def latency_ms(model: torch.nn.Module, batch: int, length: int, repeats: int) -> float:
     """Median forward time in ms of a fixed-shape batch."""
-    ids = torch.randint(5, 1000, (batch, length))
+    ids = torch.randint(5, min(1000, model.config.vocab_size), (batch, length))
     mask = torch.ones_like(ids)
     with torch.inference_mode():
         for _ in range(2):
@@ -105,6 +105,9 @@ def latency_ms(model: torch.nn.Module, batch: int, length: int, repeats: int) ->
 def heads_figure(work: Path, teacher: Path, data_path: str, quick: bool, epochs: float, threads: int) -> str:
     """Prune 30% heads + 40% FFN neurons with recovery; macro-F1 kept and CPU latency ratio in one run."""
     data = load_data(DataConfig(data_path, max_per_split=200 if quick else None))
+    for split, n in (("train", 4000), ("validation", 1000)):  # the teacher's seeded subsets (benchmarks/teacher.py)
+        if n < len(data.splits[split]):
+            data.splits[split] = data.splits[split].shuffle(seed=0).select(range(n))
     common = {"heads": 0.3, "ffn": 0.4, "importance": "taylor", "batch_size": 32, "max_length": 96, "overwrite": True}
     pruned = prune(teacher, work / "pruned", PruneConfig(**common), data=data)
     recovered = prune(teacher, work / "recovered", PruneConfig(**common, recover=True, recover_epochs=epochs,
@@ -123,7 +126,8 @@ def heads_figure(work: Path, teacher: Path, data_path: str, quick: bool, epochs:
     return "\n".join([
         (f"Teacher: `{teacher}`; data: `{data_path}` ({len(data.splits['train'])} train, {len(data.splits['test'])} "
          f"test). Pruned with Taylor importance (Michel et al.) on 32 x 32 train examples, 30% of heads and 40% of "
-         f"FFN neurons per layer; recovery: fine-tuning {epochs} epoch(s), lr 1e-4, frozen embeddings."),
+         f"FFN neurons per layer; recovery: distillation from the unpruned teacher (logits + hidden states), "
+         f"{epochs} epoch(s), lr 1e-4, frozen embeddings."),
         "",
         (f"Kept per layer: heads {shapes['heads']}, FFN {shapes['ffn']}. Encoder parameters {encoder[0]:,} -> "
          f"{encoder[1]:,}; all parameters {count_parameters(t_model):,} -> {count_parameters(p_model):,}."),
