@@ -95,6 +95,41 @@ if triton is not None:
         offsets = (bh * MAX_SEQLEN + rows[:, None]) * MAX_SEQLEN + cols[None, :]
         return tl.rand(seed, offsets) >= dropout_p
 
+    @triton.jit
+    def _fwd_key_tiles(
+        acc, l_i, m_i, q, K, V, MASK, start, end, hi, offs_m, offs_n, offs_d, stride_t, qk_scale, dropout_p, seed, bh,
+        MAX_SEQLEN, HAS_MASK: tl.constexpr, DROPOUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+        MASKED: tl.constexpr,
+    ):
+        """Online-softmax update of a query tile over the key tiles in [start, end); MASKED checks bounds and mask."""
+        for start_n in range(start, end, BLOCK_N):
+            cols = start_n + offs_n
+            if MASKED:
+                key_in = cols < hi
+                if HAS_MASK:
+                    key_in &= tl.load(MASK + cols, mask=key_in, other=0) != 0
+                kt = tl.load(K + cols[None, :] * stride_t + offs_d[:, None], mask=key_in[None, :], other=0.0)
+                v = tl.load(V + cols[:, None] * stride_t + offs_d[None, :], mask=key_in[:, None], other=0.0)
+                s = tl.where(key_in[None, :], _dot(q, kt, PRECISION) * qk_scale, float("-inf"))
+            else:
+                kt = tl.load(K + cols[None, :] * stride_t + offs_d[:, None])
+                v = tl.load(V + cols[:, None] * stride_t + offs_d[None, :])
+                s = _dot(q, kt, PRECISION) * qk_scale
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            if MASKED:
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a tile of masked keys must not give inf - inf
+            else:
+                m_safe = m_new
+            p = tl.exp2(s - m_safe[:, None])
+            alpha = tl.exp2(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if DROPOUT:
+                keep = _dropout_keep(seed, bh, offs_m, cols, MAX_SEQLEN, dropout_p)
+                p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION)
+            m_i = m_new
+        return acc, l_i, m_i
+
     # Forward, FlashAttention-2 (Dao, 2023). For a tile of queries Q_i and each tile of keys K_j, V_j, in base 2
     # with log2(e) folded into the scale:
     #     S = Q_i K_j^T * scale * log2(e)        (masked keys -> -inf)
@@ -131,25 +166,15 @@ if triton is not None:
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         end_n = tl.where((start_m < hi) & (start_m + BLOCK_M > lo), hi, lo)
-        for start_n in range(lo, end_n, BLOCK_N):
-            cols = start_n + offs_n
-            key_in = cols < hi
-            kt = tl.load(K + base + cols[None, :] * stride_t + offs_d[:, None], mask=key_in[None, :], other=0.0)
-            s = _dot(q, kt, PRECISION) * qk_scale
-            if HAS_MASK:
-                key_in &= tl.load(MASK + b * stride_mask_b + cols, mask=key_in, other=0) != 0
-            s = tl.where(key_in[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a tile of masked keys must not give inf - inf
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            if DROPOUT:
-                keep = _dropout_keep(seed, bh, offs_m, cols, MAX_SEQLEN, dropout_p)
-                p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
-            v = tl.load(V + base + cols[:, None] * stride_t + offs_d[None, :], mask=key_in[:, None], other=0.0)
-            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, PRECISION)
-            m_i = m_new
+        # whole key tiles first, without bounds checks (or any mask when the batch has none), then the ragged last one
+        full_end = lo + (end_n - lo) // BLOCK_N * BLOCK_N
+        key_mask = MASK + b * stride_mask_b
+        acc, l_i, m_i = _fwd_key_tiles(acc, l_i, m_i, q, K + base, V + base, key_mask, lo, full_end, hi, offs_m,
+                                       offs_n, offs_d, stride_t, qk_scale, dropout_p, seed, bh, MAX_SEQLEN,
+                                       HAS_MASK, DROPOUT, PRECISION, BLOCK_N, MASKED=HAS_MASK)
+        acc, l_i, m_i = _fwd_key_tiles(acc, l_i, m_i, q, K + base, V + base, key_mask, full_end, end_n, hi, offs_m,
+                                       offs_n, offs_d, stride_t, qk_scale, dropout_p, seed, bh, MAX_SEQLEN,
+                                       HAS_MASK, DROPOUT, PRECISION, BLOCK_N, MASKED=True)
 
         real = q_real & (l_i > 0.0)
         out = tl.where(real[:, None], acc / tl.where(real, l_i, 1.0)[:, None], 0.0)

@@ -194,3 +194,12 @@ def test_gpu_base_shape_matches_sdpa(dtype) -> None:
     assert_close(out, expected, TOLERANCE[dtype], "output")
     for name, x, g in zip("qkv", (q, k, v), grads):
         assert_close(x.grad, g, TOLERANCE[dtype], f"d{name}")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where there is no CUDA device")
+def test_benchmark_exits_2_without_cuda(capsys: pytest.CaptureFixture) -> None:
+    from benchmarks import attention as bench
+
+    assert bench.main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--interpret-smoke" in err and "\n" not in err
