@@ -1,0 +1,117 @@
+"""Distillation figures: a student with k of the teacher's layers, distilled and trained on labels alone, against
+the teacher; written to benchmarks/RESULTS.md.
+
+    python -m benchmarks.distill --teacher /work/cache/teacher-sib200 --data ../shared/data/sib200 --student-layers 6
+
+Both students start from the same teacher layers (same seed, same data, same steps); the distilled one learns from
+the teacher's outputs and the labels, the other from the labels alone. Parameters and bytes on disk come from each
+model directory, macro-F1 from the full test split (overall and per language), CPU latency from one `bench` run
+that times the three models interleaved, so the ratios share the machine's load.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks.results import update_section
+from xlmr_compress.artifact import read_lineage
+from xlmr_compress.bench import BenchConfig, bench
+from xlmr_compress.data import DataConfig, load_data
+from xlmr_compress.distill import DistillConfig, distill
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+LABELS_ONLY = ["soft=0", "hidden=0", "attention=0", "relations=0", "embedding=0", "hard=1"]
+
+
+def train_students(teacher: Path, data, work: Path, a: argparse.Namespace) -> dict[str, Path]:
+    """The distilled student and the same student trained on labels alone (each skipped when already written)."""
+    common = dict(student_layers=a.student_layers, epochs=a.epochs, batch_size=32, learning_rate=a.learning_rate,
+                  max_length=a.max_length, freeze_embeddings=True, seed=0, logging_steps=50, resume=True,
+                  preset=a.preset)
+    students = {}
+    for name, extra in (("distilled", {"cache_teacher": a.preset == "fast"}), ("labels-only", {"losses": LABELS_ONLY})):
+        out = work / f"student-{a.student_layers}l-{name}"
+        if not out.is_dir() and name in a.train:
+            distill(teacher, data, out, DistillConfig(**common, **extra))
+        students[name] = out
+    return students
+
+
+def tables(teacher: Path, students: dict[str, Path], timing, metric: str) -> str:
+    """Markdown: size, latency ratio and test metric per model, then the metric per language."""
+    first = read_lineage(students["distilled"])["stages"][-1]["measured"]
+    results = {"teacher": first["teacher"]}
+    results.update({n: read_lineage(p)["stages"][-1]["measured"] for n, p in students.items()})
+    base_f1 = results["teacher"]["test"]["overall"][metric]
+    settings = list(dict.fromkeys(r["setting"] for r in timing.rows))
+    head = ["model", "layers", "parameters", "bytes on disk"] + [f"p50 ms, {s} (speedup)" for s in settings]
+    head += [f"test {metric}", "of teacher"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, m in results.items():
+        timed = [r for r in timing.rows if r["variant"] == variant_of(name, teacher, students)]
+        f1 = m["test"]["overall"][metric]
+        layers = m.get("layers") or len(m["student_layers"])
+        cells = [name, str(layers), f"{m['parameters']:,}", f"{m['bytes_on_disk']:,}"]
+        cells += [f"{r['p50_ms']:.1f} ({r['speedup']:.2f}x)" for r in timed]
+        cells += [f"{f1:.4f}", f"{f1 / base_f1:.1%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    languages = sorted(results["teacher"]["test"]["per_language"])
+    per_lang = ["| language | " + " | ".join(results) + " |", "|" + "---|" * (len(results) + 1)]
+    for lang in languages:
+        per_lang.append(f"| {lang} | " + " | ".join(f"{r['test']['per_language'][lang][metric]:.4f}"
+                                                     for r in results.values()) + " |")
+    return "\n".join(lines) + f"\n\nTest {metric} per language:\n\n" + "\n".join(per_lang)
+
+
+def variant_of(name: str, teacher: Path, students: dict[str, Path]) -> str:
+    """The bench variant name (directory name) of a table row."""
+    return (teacher if name == "teacher" else students[name]).resolve().name
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teacher", required=True, help="fine-tuned teacher directory (benchmarks/teacher.py writes one)")
+    ap.add_argument("--data", default=str(SHARED / "data" / "sib200"), help="task data (default: SIB-200)")
+    ap.add_argument("--student-layers", type=int, default=6, help="teacher layers the student keeps")
+    ap.add_argument("--work", default="/work/cache/distill-bench", help="where the students are written (reused)")
+    ap.add_argument("--epochs", type=float, default=2.0, help="training epochs of each student")
+    ap.add_argument("--learning-rate", type=float, default=1e-4, help="peak learning rate of each student")
+    ap.add_argument("--preset", default="fast", help="distillation losses (fast: outputs only, teacher cached on disk)")
+    ap.add_argument("--max-length", type=int, default=96, help="tokens per text")
+    ap.add_argument("--train-examples", type=int, default=4000, help="seeded subset of the train split (CPU budget)")
+    ap.add_argument("--validation-examples", type=int, default=1000, help="seeded subset evaluated after each epoch")
+    ap.add_argument("--test-examples", type=int, default=None,
+                    help="seeded subset of the test split, stratified by language (default: all of it)")
+    ap.add_argument("--repeats", type=int, default=10, help="timed rounds per latency setting")
+    ap.add_argument("--train", nargs="*", default=["distilled", "labels-only"],
+                    help="students this process trains (run one per process in parallel, then once with none to "
+                         "write the table)")
+    a = ap.parse_args()
+    teacher, work = Path(a.teacher), Path(a.work)
+    data = load_data(DataConfig(a.data))
+    for split, n in (("train", a.train_examples), ("validation", a.validation_examples)):
+        if n < len(data.splits[split]):
+            data.splits[split] = data.splits[split].shuffle(seed=0).select(range(n))
+    if a.test_examples:
+        data.splits["test"] = load_data(DataConfig(a.data, max_per_split=a.test_examples)).splits["test"]
+    students = train_students(teacher, data, work, a)
+    missing = [str(p) for p in students.values() if not p.is_dir()]
+    if missing:
+        print(f"not written yet: {', '.join(missing)}; run again without --train when they are")
+        return
+    timing = bench([teacher, *students.values()], BenchConfig(batch_sizes=[1, 8], seq_lengths=[64],
+                                                              data_lengths=False, memory=False, repeats=a.repeats))
+    metric = "macro_f1"
+    body = (f"Teacher `{teacher}`; students keep {a.student_layers} of its layers (evenly spaced, copied), trained "
+            f"{a.epochs:g} epochs on {len(data.splits['train'])} `{a.data}` train examples (seeded subset, frozen "
+            f"word embeddings, max length {a.max_length}); distilled with preset `{a.preset}` (T=2 soft targets + "
+            f"labels), or on labels alone. Test split: {len(data.splits['test'])} examples, "
+            f"{len(data.languages('test'))} languages" + (" (seeded subset, stratified by language)" if a.test_examples else "")
+            + f". Latency: CPU, fixed 64-token batches, the three models timed "
+            f"round-robin in one run ({a.repeats} rounds).\n\n" + tables(teacher, students, timing, metric))
+    update_section(f"distill-{a.student_layers}", f"Distillation: {a.student_layers}-layer student vs teacher", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
