@@ -21,9 +21,11 @@ from xlmr_compress.bench import (
 from xlmr_compress.cli import main
 from xlmr_compress.data import TaskData, load_data
 from xlmr_compress.errors import UserError
+from xlmr_compress.export.onnx import export_onnx
 from xlmr_compress.modeling import load_config, save_tiny, tiny_tokenizer
+from xlmr_compress.quantize.onnx import QuantizeConfig, quantize
 
-WORDS = ["the", "movie", "was", "good", "and", "the", "music", "very", "great", "paris", "london", "berlin", "hello", "world"]
+WORDS = "the movie was good and the music very great paris london berlin hello world".split()
 FAST = {"batch_sizes": [2], "seq_lengths": [16], "warmup": 1, "repeats": 4}
 
 
@@ -42,10 +44,13 @@ def write_data(root: Path, labels: tuple[str, ...] = ("L0", "L1", "L2"), n: int 
 
 @pytest.fixture(scope="module")
 def variants(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """A tiny 2-layer model (the baseline) and a 1-layer, narrower-FFN one."""
+    """A tiny 2-layer torch model (the baseline), a 1-layer narrower one, and the first's ONNX fp32 and int8 exports."""
     root = tmp_path_factory.mktemp("bench")
-    return [save_tiny(root / "big", num_labels=3), save_tiny(root / "small", num_labels=3, num_hidden_layers=1,
-                                                             intermediate_size=32)]
+    big = save_tiny(root / "big", num_labels=3)
+    small = save_tiny(root / "small", num_labels=3, num_hidden_layers=1, intermediate_size=32)
+    onnx = export_onnx(big, root / "big-onnx")
+    int8 = quantize(onnx, root / "big-int8", QuantizeConfig(mode="dynamic", eval_split=None))
+    return [big, small, onnx, int8]
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +64,11 @@ def result(variants: list[Path], data: TaskData):
 
 
 def test_every_column_filled_and_ratios_consistent(result) -> None:
+    names = ["big", "small", "big-onnx", "big-int8"]
     assert [(r["variant"], r["tokens"]) for r in result.rows] == [  # real lengths first, then fixed lengths
-        ("big", "data"), ("small", "data"), ("big", 16), ("small", 16), ("big", 256), ("small", 256)]
+        (n, tokens) for tokens in ("data", 16, 256) for n in names]
+    assert [(r["backend"], r["precision"]) for r in result.rows[:4]] == [
+        ("torch", "fp32"), ("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8")]
     for row in result.rows:
         empty = [k for k, v in row.items() if v is None or (isinstance(v, float) and not math.isfinite(v))]
         assert not empty, f"{row['variant']} {row['setting']}: empty {empty}"
@@ -73,21 +81,27 @@ def test_every_column_filled_and_ratios_consistent(result) -> None:
         assert small["speedup"] == pytest.approx(big["p50_ms"] / small["p50_ms"])
         assert small["size_ratio"] == pytest.approx(small["size_mib"] / big["size_mib"]) and small["size_ratio"] < 1
         assert small["gflop_per_seq"] < big["gflop_per_seq"]
+        onnx, int8 = by["big-onnx", tokens], by["big-int8", tokens]
+        assert onnx["gflop_per_seq"] == int8["gflop_per_seq"] == big["gflop_per_seq"]
+        assert int8["size_ratio"] < 1  # int8 weights (a tiny model is mostly graph overhead)
     fixed = by["big", 16]
     assert fixed["tokens_per_s"] == pytest.approx(16 * fixed["seq_per_s"])
     assert fixed["ceiling_pct"] == pytest.approx(100 * fixed["gflop_per_s"] / fixed["ceiling_gflop_per_s"])
     assert by["big", 256]["model_mib"] > by["big", 16]["model_mib"]  # activations of the longer batch
-    assert {(c["device"], c["precision"]) for c in result.ceilings} == {("cpu", "fp32")}
-    assert result.ceilings[0]["gflop_per_s"] > 0
+    assert {(c["device"], c["precision"]) for c in result.ceilings} == {("cpu", "fp32"), ("cpu", "int8")}
+    assert all(c["gflop_per_s"] > 0 for c in result.ceilings)
+    int8 = by["big-int8", 16]
+    assert int8["ceiling_gflop_per_s"] == next(c["gflop_per_s"] for c in result.ceilings if c["precision"] == "int8")
 
 
 def test_accuracy_joined_with_latency(result, data: TaskData) -> None:
     summary = result.summary()
-    assert [r["variant"] for r in summary] == ["big", "small"]
+    assert [r["variant"] for r in summary] == ["big", "small", "big-onnx", "big-int8"]
     assert result.metric == "macro_f1"
     for row in summary:
         assert 0.0 <= row["macro_f1"] <= 1.0 and 0.0 <= row["accuracy"] <= 1.0
         assert row["macro_f1_delta"] == pytest.approx(row["macro_f1"] - summary[0]["macro_f1"])
+    assert summary[2]["accuracy"] == summary[0]["accuracy"]  # the ONNX export predicts as its torch source
     assert [r["language"] for r in result.per_language()] == ["en", "fr"]
     assert result.accuracy["big"]["examples"] == len(data.splits["test"])
 
@@ -99,7 +113,7 @@ def test_report_files_written(result, tmp_path: Path) -> None:
     md = (out / "results.md").read_text()
     assert "| variant |" in md and "macro_f1 per language" in md
     csv_lines = (out / "accuracy_latency.csv").read_text().splitlines()
-    assert len(csv_lines) == 3 and "macro_f1_delta" in csv_lines[0]
+    assert len(csv_lines) == 5 and "macro_f1_delta" in csv_lines[0]
     assert len((out / "latency.csv").read_text().splitlines()) == 1 + len(result.rows)
     assert json.loads((out / "results.json").read_text())["baseline"] == "big"
 
@@ -134,7 +148,8 @@ def test_synthetic_batch_shape_and_framing() -> None:
     tok = tiny_tokenizer()
     batch = synthetic_batch(tok, 3, 7)
     assert batch["input_ids"].shape == (3, 7) and batch["attention_mask"].all()
-    assert (batch["input_ids"][:, 0] == tok.cls_token_id).all() and (batch["input_ids"][:, -1] == tok.sep_token_id).all()
+    assert (batch["input_ids"][:, 0] == tok.cls_token_id).all()
+    assert (batch["input_ids"][:, -1] == tok.sep_token_id).all()
     inner = batch["input_ids"][:, 1:-1]
     assert not np.isin(inner, tok.all_special_ids).any() and inner.max() < len(tok)
 

@@ -72,7 +72,7 @@ class Setting:
 
 @dataclass
 class BenchResult:
-    """Rows per variant and setting, accuracy per variant, the measured ceilings, and the table and plot built on them."""
+    """Rows per variant and setting, accuracy per variant, the measured ceilings; the table and plot built on them."""
 
     rows: list[dict]  # one per variant x setting, in setting order
     accuracy: dict[str, dict]  # variant -> runtime.evaluate() result (empty without data)
@@ -172,8 +172,9 @@ def bench(model_dirs: list[str | Path], config: BenchConfig | None = None,
         check_device(device)
     task_data = load_split(data, config) if data is not None else None
     threads_list = config.threads or [torch.get_num_threads()]
-    sizes = {n: artifact.size_on_disk(d) for n, d in zip(names, dirs)}
-    configs = {n: modeling.load_config(d) for n, d in zip(names, dirs)}
+    variants = dict(zip(names, dirs, strict=True))
+    sizes = {n: artifact.size_on_disk(d) for n, d in variants.items()}
+    configs = {n: modeling.load_config(d) for n, d in variants.items()}
     rows: list[dict] = []
     accuracy: dict[str, dict] = {}
     features: dict[str, Any] = {}
@@ -183,7 +184,7 @@ def bench(model_dirs: list[str | Path], config: BenchConfig | None = None,
         for device in config.devices:
             for threads in threads_list:
                 log(f"loading {len(dirs)} variants on {device}" + (f" ({threads} threads)" if device == "cpu" else ""))
-                predictors = {n: Predictor.load(d, device=device, threads=threads) for n, d in zip(names, dirs)}
+                predictors = {n: Predictor.load(d, device=device, threads=threads) for n, d in variants.items()}
                 if task_data is not None and not features:
                     features = {n: encode_for(p, task_data, config, n) for n, p in predictors.items()}
                 if task_data is not None and not accuracy:
@@ -192,7 +193,7 @@ def bench(model_dirs: list[str | Path], config: BenchConfig | None = None,
                         accuracy[n] = evaluate(p, task_data, config.split, max_length=config.max_length,
                                                features=features[n])
                 torch.set_num_threads(threads)
-                precision = {n: precision_of(d, predictors[n]) for n, d in zip(names, dirs)}
+                precision = {n: precision_of(d, predictors[n]) for n, d in variants.items()}
                 for setting in settings_of(config, device, threads, task_data is not None):
                     batches = {n: batches_for(setting, p, features.get(n), config) for n, p in predictors.items()}
                     calls = {n: runner(p, batches[n], setting, config.cuda_graphs) for n, p in predictors.items()}
@@ -211,7 +212,7 @@ def bench(model_dirs: list[str | Path], config: BenchConfig | None = None,
     finally:
         torch.set_num_threads(previous_threads)
     if config.memory:
-        fill_memory(rows, memory_batches, dict(zip(names, dirs)))
+        fill_memory(rows, memory_batches, variants)
     finish_rows(rows, ceilings, baseline)
     metric = MAIN_METRIC[task_data.task] if task_data is not None else None
     summary = "" if task_data is None else (f"{config.split} split, {len(task_data.splits[config.split])} examples, "
@@ -235,7 +236,8 @@ def check_config(config: BenchConfig, model_dirs: list) -> None:
 def variant_names(dirs: list[Path]) -> list[str]:
     """Short unique names: the directory name, or parent/name where two directories share a name."""
     names = [d.resolve().name for d in dirs]
-    names = [f"{d.resolve().parent.name}/{n}" if names.count(n) > 1 else n for d, n in zip(dirs, names)]
+    names = [f"{d.resolve().parent.name}/{n}" if names.count(n) > 1 else n
+             for d, n in zip(dirs, names, strict=True)]
     if len(set(names)) < len(names):
         raise UserError(f"the same model directory is given twice ({', '.join(names)}): give each variant once")
     return names
@@ -386,7 +388,7 @@ def flops_per_sequence(config: Any, length: int) -> float:
     heads = shapes.get("heads", [config.num_attention_heads] * layers)
     ffn = shapes.get("ffn", [config.intermediate_size] * layers)
     macs = 0
-    for h, width in zip(heads, ffn):
+    for h, width in zip(heads, ffn, strict=True):
         attention = h * head_size
         macs += 4 * length * hidden * attention  # query, key, value and output projections
         macs += 2 * length * length * attention  # scores and the weighted sum of values
@@ -406,7 +408,7 @@ def batch_flops(config: Any, batch: dict) -> float:
 
 
 def matmul_ceiling(device: str = "cpu", threads: int | None = None, precision: str = "fp32",
-                   repeats: int = 10) -> float:
+                   repeats: int = 30) -> float:
     """This machine's matmul peak in GFLOP/s (GOP/s for int8): best of `repeats` square matmuls after a warm-up.
     fp32/fp16/bf16 with torch; int8 with ONNX Runtime's MatMulInteger, the kernel its int8 graphs run."""
     size = 4096 if device.startswith("cuda") else 1024
@@ -417,7 +419,9 @@ def matmul_ceiling(device: str = "cpu", threads: int | None = None, precision: s
     else:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
         a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-        call = lambda _: torch.mm(a, b)
+
+        def call(_: int) -> torch.Tensor:
+            return torch.mm(a, b)
     for _ in range(2):
         timed(call, 0, device)
     return 2 * size**3 / min(timed(call, 0, device) for _ in range(repeats)) / 1e9
@@ -516,7 +520,8 @@ def fill_memory(rows: list[dict], batches: dict[tuple[str, str], list[tuple[Sett
         entries = sorted(entries, key=lambda e: e[1]["input_ids"].size)
         log(f"measuring peak memory of {name} on {device} in a child process")
         base, peaks = peak_memory(dirs[name], device, entries[0][0].threads, [b for _, b in entries])
-        peak_of = {(s.batch_size, s.seq_length or "data"): peak for (s, _), peak in zip(entries, peaks)}
+        peak_of = {(s.batch_size, s.seq_length or "data"): peak
+                   for (s, _), peak in zip(entries, peaks, strict=True)}
         for row in rows:  # every thread count gets the figure measured at the first
             peak = peak_of.get((row["batch"], row["tokens"]))
             if row["variant"] == name and row["device"] == device and peak is not None:
@@ -581,10 +586,10 @@ def plot_pareto(rows: list[dict], metric: str, path: str | Path, setting: str = 
     area = [30 + 1500 * r["size_mib"] / largest_size for r in rows]
     fig, ax = plt.subplots(figsize=(8, 5.5))
     ax.scatter(x, y, s=area, alpha=0.5, edgecolors="black")
-    for r, xi, yi in zip(rows, x, y):
+    for r, xi, yi in zip(rows, x, y, strict=True):
         ax.annotate(f"{r['variant']}\n{r['size_mib']:.0f} MiB", (xi, yi), textcoords="offset points", xytext=(6, 6),
                     fontsize=8)
-    front = pareto_front(list(zip(x, y)))
+    front = pareto_front(list(zip(x, y, strict=True)))
     ax.step([x[i] for i in front], [y[i] for i in front], where="post", color="tab:red", label="Pareto frontier")
     if max(x) > 10 * min(x):
         ax.set_xscale("log")
