@@ -125,3 +125,33 @@ def test_bad_input_is_one_line_error(tmp_path: Path, tiny_dir: Path):
     (tiny_dir / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(UserError, match="WordLevel tokenizer"):
         trim_vocab(tiny_dir, tmp_path / "out", TrimConfig(corpus=[str(empty)]))
+
+
+def test_mlm_head_rows_follow_the_vocabulary(tmp_path: Path):
+    """A masked-LM checkpoint (no task head): the decoder and its bias keep exactly the kept rows."""
+    from transformers import XLMRobertaForMaskedLM
+
+    from xlmr_compress.modeling import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    model = XLMRobertaForMaskedLM(tiny_config(len(tokenizer))).eval()
+    with torch.no_grad():
+        model.lm_head.bias.normal_()  # a bias that is not all zeros, so a wrong row would show
+    model.save_pretrained(tmp_path / "mlm", safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path / "mlm")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("hello world good movie\n")
+    out = trim_vocab(tmp_path / "mlm", tmp_path / "trimmed", TrimConfig(corpus=[str(corpus)]))
+    trimmed = XLMRobertaForMaskedLM.from_pretrained(out).eval()
+    trimmed_tok = XLMRobertaTokenizerFast(tokenizer_file=str(out / "tokenizer.json"))
+    kept = [tokenizer.convert_tokens_to_ids(t) for t in trimmed_tok.convert_ids_to_tokens(range(len(trimmed_tok)))]
+    ids = tokenizer("hello world good movie")["input_ids"]
+    ids[2] = tokenizer.mask_token_id
+    small_ids = [kept.index(i) for i in ids]
+    assert trimmed_tok.convert_ids_to_tokens(small_ids) == tokenizer.convert_ids_to_tokens(ids)
+    with torch.no_grad():
+        full = model(input_ids=torch.tensor([ids])).logits
+        small = trimmed(input_ids=torch.tensor([small_ids])).logits
+    assert small.shape[-1] == len(kept) < full.shape[-1]
+    assert torch.allclose(small, full[..., kept], atol=1e-5)
