@@ -139,12 +139,11 @@ def embedding_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tens
 
 def relation_heads(student_width: int, teacher_width: int, teacher_heads: int) -> int:
     """Relation heads MiniLM can use on both sides: the teacher's head count when it divides both widths."""
-    heads = math.gcd(teacher_heads, math.gcd(student_width, teacher_width))
-    return heads
+    return math.gcd(teacher_heads, math.gcd(student_width, teacher_width))
 
 
 def _relation(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, heads: int) -> torch.Tensor:
-    """Log-free relation scores [batch, heads, seq, seq] with padded keys masked out."""
+    """Relation distributions softmax(x y^T / sqrt(d)) [batch, heads, seq, seq], padded keys masked out."""
     b, n, width = x.shape
     x = x.float().view(b, n, heads, width // heads).transpose(1, 2)
     y = y.float().view(b, n, heads, width // heads).transpose(1, 2)
