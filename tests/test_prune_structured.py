@@ -61,7 +61,7 @@ def test_pruning_removes_exactly_the_masked_heads_and_neurons():
     assert model.roberta.encoder.layer[1].attention.self.query.weight.shape == (8, 32)
     # a removed head or neuron contributes exactly what a zeroed output column contributes: nothing
     with torch.no_grad():
-        for layer, heads, neurons in zip(masked.roberta.encoder.layer, keep_heads, keep_ffn):
+        for layer, heads, neurons in zip(masked.roberta.encoder.layer, keep_heads, keep_ffn, strict=True):
             o = layer.attention.output.dense.weight.view(32, 4, 8)
             o[:, [h for h in range(4) if h not in heads.tolist()]] = 0
             d = layer.output.dense.weight
@@ -183,4 +183,5 @@ def test_pruned_model_exports_to_onnx(tmp_path: Path, tiny_dir: Path, optimize: 
     out = export.export_onnx(pruned, tmp_path / "onnx", export.ExportConfig(optimize=optimize))
     measured = json.loads((out / "compression.json").read_text())["stages"][-1]["measured"]
     assert measured["max_abs_diff"] < 1e-4
-    assert [s["stage"] for s in json.loads((out / "compression.json").read_text())["stages"]] == ["prune", "export-onnx"]
+    stages = json.loads((out / "compression.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == ["prune", "export-onnx"]

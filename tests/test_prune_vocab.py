@@ -37,7 +37,8 @@ def test_tiny_trim_keeps_pieces_outputs_and_special_layout(tmp_path: Path, tiny_
     kept_texts = ["the good movie", "hello paris hello london", "berlin was very good"]
     for text in kept_texts:
         assert trimmed_tok.tokenize(text) == original_tok.tokenize(text)
-        assert trimmed_tok.decode(trimmed_tok(text)["input_ids"]) == original_tok.decode(original_tok(text)["input_ids"])
+        original_ids, trimmed_ids = original_tok(text)["input_ids"], trimmed_tok(text)["input_ids"]
+        assert trimmed_tok.decode(trimmed_ids) == original_tok.decode(original_ids)
     assert torch.allclose(outputs(trimmed, trimmed_tok, kept_texts), outputs(original, original_tok, kept_texts),
                           atol=1e-6)
     # words whose pieces were dropped fall back to smaller kept pieces or <unk>, never to an id out of range
@@ -87,7 +88,7 @@ def test_real_tokenizer_trim_to_data(tmp_path: Path, xlmr_tokenizer_file: Path, 
     kept = set(trimmed_tok.convert_ids_to_tokens(range(len(trimmed_tok))))
     texts = split_texts(data.split("test"))[::8]
     pieces = [original_tok.tokenize(t) for t in texts]
-    only_kept = [t for t, p in zip(texts, pieces) if set(p) <= kept]
+    only_kept = [t for t, p in zip(texts, pieces, strict=True) if set(p) <= kept]
     assert len(only_kept) > 0.2 * len(texts)
     for text in only_kept:
         assert trimmed_tok.tokenize(text) == original_tok.tokenize(text)
@@ -97,7 +98,7 @@ def test_real_tokenizer_trim_to_data(tmp_path: Path, xlmr_tokenizer_file: Path, 
              .abs().max().item() for i in range(0, len(only_kept), 32)]
     assert max(diffs) < 1e-5
     # text with dropped pieces still encodes within the trimmed vocabulary
-    rest = [t for t, p in zip(texts, pieces) if not set(p) <= kept]
+    rest = [t for t, p in zip(texts, pieces, strict=True) if not set(p) <= kept]
     assert rest and max(max(ids) for ids in trimmed_tok(rest)["input_ids"]) < len(trimmed_tok)
     assert np.isfinite(outputs(trimmed, trimmed_tok, rest[:8]).numpy()).all()
 

@@ -10,7 +10,7 @@ from .graph import prune_channels
 
 def prune_heads(model: PreTrainedModel, keep: list[torch.Tensor], graph: tp.DependencyGraph) -> None:
     """Keep only the heads listed per layer, physically shrinking the weights, so the model gets smaller and faster."""
-    for layer, kept in zip(model.base_model.encoder.layer, keep):
+    for layer, kept in zip(model.base_model.encoder.layer, keep, strict=True):
         att = layer.attention.self
         size = att.attention_head_size
         dropped = sorted(set(range(att.query.out_features // size)) - set(kept.tolist()))

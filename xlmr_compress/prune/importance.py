@@ -78,7 +78,7 @@ def keep_indices(scores: list[torch.Tensor], remove: float = 0.0, keep: list[int
         counts = [max(1, n - round(remove * n)) for n in sizes]
     else:
         raise UserError(f"unknown pruning scope {scope!r}: use {' or '.join(SCOPES)}")
-    return [torch.topk(s, c).indices.sort().values for s, c in zip(scores, counts)]
+    return [torch.topk(s, c).indices.sort().values for s, c in zip(scores, counts, strict=True)]
 
 
 def check_ratio(ratio: float, what: str) -> float:
@@ -93,7 +93,7 @@ def check_counts(keep: list[int], sizes: list[int], what: str) -> list[int]:
     if len(keep) not in (1, len(sizes)):
         raise UserError(f"{len(keep)} {what} counts for {len(sizes)} layers: give one number, or one per layer")
     counts = keep * len(sizes) if len(keep) == 1 else list(keep)
-    for i, (c, n) in enumerate(zip(counts, sizes)):
+    for i, (c, n) in enumerate(zip(counts, sizes, strict=True)):
         if c < 1:
             raise UserError(f"keeping {c} {what} in layer {i} would prune every one of them: keep at least 1 per layer")
         if c > n:

@@ -61,7 +61,8 @@ def prune(model_dir: str | Path, out_dir: str | Path, config: PruneConfig | None
         importance.check_counts(config.keep_ffn, shapes["ffn"], "FFN neurons")
 
     if method == "taylor":
-        head_scores, ffn_scores = importance.taylor_scores(model, importance_batches(model, tokenizer, task_data, config))
+        batches = importance_batches(model, tokenizer, task_data, config)
+        head_scores, ffn_scores = importance.taylor_scores(model, batches)
     else:
         head_scores, ffn_scores = importance.magnitude_scores(model)
     keep_heads = importance.keep_indices(head_scores, config.heads, config.keep_heads, config.scope, "heads")
@@ -82,7 +83,8 @@ def prune(model_dir: str | Path, out_dir: str | Path, config: PruneConfig | None
             recovered.rmdir()
         else:
             artifact.save_model(model.eval(), tokenizer, tmp)
-        artifact.record_stage(tmp, "prune", {**asdict(config), "data": data_name(data)}, model_dir, measured, model=model)
+        options = {**asdict(config), "data": data_name(data)}
+        artifact.record_stage(tmp, "prune", options, model_dir, measured, model=model)
     return Path(out_dir)
 
 
@@ -107,7 +109,8 @@ def importance_batches(model: PreTrainedModel, tokenizer: object, task_data: Tas
                        config: PruneConfig) -> Iterator[dict]:
     """Padded, labelled batches of a seeded sample of the scored split."""
     split = task_data.split(config.importance_split)
-    sample = split.shuffle(seed=config.seed).select(range(min(len(split), config.importance_batches * config.batch_size)))
+    size = min(len(split), config.importance_batches * config.batch_size)
+    sample = split.shuffle(seed=config.seed).select(range(size))
     one_split = replace(task_data, splits=datasets.DatasetDict({"sample": sample}))
     labels = runtime.label_names_of(model.config, task_data.task) or None
     features = encode(one_split, "sample", tokenizer, config.max_length, label_names=labels)

@@ -69,7 +69,8 @@ def trim_vocab(model_dir: str | Path, out_dir: str | Path, config: TrimConfig | 
     with artifact.atomic_output(out_dir, config.overwrite) as tmp:
         save_file(trimmed, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
-        (tmp / "tokenizer.json").write_text(json.dumps(trim_tokenizer(spec, kept), ensure_ascii=False), encoding="utf-8")
+        trimmed_spec = json.dumps(trim_tokenizer(spec, kept), ensure_ascii=False)
+        (tmp / "tokenizer.json").write_text(trimmed_spec, encoding="utf-8")
         for name in TOKENIZER_EXTRAS:
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
@@ -87,7 +88,8 @@ def count_pieces(tokenizer: Tokenizer, texts: list[str]) -> np.ndarray:
     """How often each piece id occurs when the original tokenizer segments the texts (no special tokens)."""
     counts = np.zeros(tokenizer.get_vocab_size(with_added_tokens=True), dtype=np.int64)
     for start in range(0, len(texts), 4096):
-        ids = [i for enc in tokenizer.encode_batch(texts[start:start + 4096], add_special_tokens=False) for i in enc.ids]
+        encodings = tokenizer.encode_batch(texts[start:start + 4096], add_special_tokens=False)
+        ids = [i for enc in encodings for i in enc.ids]
         counts += np.bincount(np.asarray(ids, dtype=np.int64), minlength=len(counts))
     return counts
 
@@ -141,7 +143,8 @@ def _check_inputs(src: Path, config: TrimConfig, data: Any) -> Path:
     """Validate the model directory, its tokenizer type and the text sources before any work; return tokenizer.json."""
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (src / name).is_file():
-            raise UserError(f"{src} has no {name}: give a torch model directory a stage wrote (trim before ONNX export)")
+            raise UserError(f"{src} has no {name}: give a torch model directory a stage wrote "
+                            "(trim before ONNX export)")
     tokenizer_json = src / "tokenizer.json"
     model_type = json.loads(tokenizer_json.read_text(encoding="utf-8")).get("model", {}).get("type")
     if model_type != "Unigram":
