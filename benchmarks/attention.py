@@ -137,7 +137,8 @@ def bench_attention(cases: list[Case], device: str, dtype, tolerance: float) -> 
             leaves = shared["leaves"].get(name, shared["sdpa leaves"])
             if case.backward:
                 dout = torch.randn_like(out)
-                run = lambda fn=fn, dout=dout: fn().backward(dout)
+                def run(fn=fn, dout=dout):
+                    fn().backward(dout)
             else:
                 run = fn
             with torch.inference_mode(not case.backward):
@@ -149,7 +150,8 @@ def bench_attention(cases: list[Case], device: str, dtype, tolerance: float) -> 
 
 def attention_table(rows: list[dict]) -> str:
     """Markdown: effective TFLOP/s per backend, and the kernel's speedup over the best SDPA backend."""
-    head = "| batch x heads | length | padding | " + " | ".join(BACKENDS) + " | triton / best sdpa | packed / best sdpa |"
+    speedups = " | triton / best sdpa | packed / best sdpa |"
+    head = "| batch x heads | length | padding | " + " | ".join(BACKENDS) + speedups
     lines = [head, "|" + "---|" * (len(BACKENDS) + 5)]
     for row in rows:
         c, t = row["case"], row["tflops"]

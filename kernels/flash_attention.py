@@ -77,16 +77,22 @@ if triton is not None:
         return tl.dot(a, b, input_precision=PRECISION)
 
     @triton.jit
-    def _sequence(CU_SEQLENS, SEQ_LO, SEQ_HI, b, IS_VARLEN: tl.constexpr):
+    def _sequence(CU_SEQLENS, MASK, b, stride_mask_b, MAX_SEQLEN, HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr):
         """Row offset of sequence b in the token dimension, and the range [lo, hi) holding its real tokens."""
         if IS_VARLEN:
             row0 = tl.load(CU_SEQLENS + b)
-            lo = tl.full([], 0, tl.int32)
+            lo = row0 * 0
             hi = tl.load(CU_SEQLENS + b + 1) - row0
         else:
-            row0 = tl.full([], 0, tl.int32)
-            lo = tl.load(SEQ_LO + b)
-            hi = tl.load(SEQ_HI + b)
+            row0 = b * 0
+            lo = row0 + MAX_SEQLEN if HAS_MASK else row0
+            hi = row0 if HAS_MASK else row0 + MAX_SEQLEN
+            if HAS_MASK:  # first real token and one past the last, from the mask row (<= 512 bytes)
+                for start in range(0, MAX_SEQLEN, 128):
+                    idx = start + tl.arange(0, 128)
+                    real = tl.load(MASK + b * stride_mask_b + idx, mask=idx < MAX_SEQLEN, other=0) != 0
+                    lo = tl.minimum(lo, tl.min(tl.where(real, idx, MAX_SEQLEN)))
+                    hi = tl.maximum(hi, tl.max(tl.where(real, idx + 1, 0)))
         return row0, lo, hi
 
     @triton.jit
@@ -141,7 +147,7 @@ if triton is not None:
     @triton.autotune(configs=FWD_CONFIGS, key=AUTOTUNE_KEY)
     @triton.jit
     def _fwd_kernel(
-        Q, K, V, O, LSE, MASK, CU_SEQLENS, SEQ_LO, SEQ_HI,
+        Q, K, V, OUT, LSE, MASK, CU_SEQLENS,
         stride_b, stride_t, stride_h, stride_lse_b, stride_mask_b,
         H, MAX_SEQLEN, qk_scale, dropout_p, seed,
         SEQLEN_BUCKET, HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -150,7 +156,7 @@ if triton is not None:
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
-        row0, lo, hi = _sequence(CU_SEQLENS, SEQ_LO, SEQ_HI, b, IS_VARLEN)
+        row0, lo, hi = _sequence(CU_SEQLENS, MASK, b, stride_mask_b, MAX_SEQLEN, HAS_MASK, IS_VARLEN)
         n_rows = hi if IS_VARLEN else MAX_SEQLEN
         start_m = tl.program_id(0) * BLOCK_M
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -178,7 +184,7 @@ if triton is not None:
 
         real = q_real & (l_i > 0.0)
         out = tl.where(real[:, None], acc / tl.where(real, l_i, 1.0)[:, None], 0.0)
-        tl.store(O + base + offs_m[:, None] * stride_t + offs_d[None, :], out.to(O.dtype.element_ty),
+        tl.store(OUT + base + offs_m[:, None] * stride_t + offs_d[None, :], out.to(OUT.dtype.element_ty),
                  mask=offs_m[:, None] < n_rows)
         lse = tl.where(real, m_i + tl.log2(tl.where(real, l_i, 1.0)), float("inf"))  # +inf: P = 0 in backward
         lse_ptr = LSE + b.to(tl.int64) * stride_lse_b + (row0 + offs_m) * H + h
@@ -191,7 +197,7 @@ if triton is not None:
     @triton.autotune(configs=BWD_CONFIGS, key=AUTOTUNE_KEY)
     @triton.jit
     def _bwd_dkdv_kernel(
-        Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU_SEQLENS, SEQ_LO, SEQ_HI,
+        Q, K, V, DO, DK, DV, LSE, DELTA, MASK, CU_SEQLENS,
         stride_b, stride_t, stride_h, stride_lse_b, stride_mask_b,
         H, MAX_SEQLEN, qk_scale, scale, dropout_p, seed,
         SEQLEN_BUCKET, HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -200,7 +206,7 @@ if triton is not None:
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
-        row0, lo, hi = _sequence(CU_SEQLENS, SEQ_LO, SEQ_HI, b, IS_VARLEN)
+        row0, lo, hi = _sequence(CU_SEQLENS, MASK, b, stride_mask_b, MAX_SEQLEN, HAS_MASK, IS_VARLEN)
         n_rows = hi if IS_VARLEN else MAX_SEQLEN
         start_n = tl.program_id(0) * BLOCK_N
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -244,7 +250,7 @@ if triton is not None:
     @triton.autotune(configs=BWD_CONFIGS, key=AUTOTUNE_KEY)
     @triton.jit
     def _bwd_dq_kernel(
-        Q, K, V, DO, DQ, LSE, DELTA, MASK, CU_SEQLENS, SEQ_LO, SEQ_HI,
+        Q, K, V, DO, DQ, LSE, DELTA, MASK, CU_SEQLENS,
         stride_b, stride_t, stride_h, stride_lse_b, stride_mask_b,
         H, MAX_SEQLEN, qk_scale, scale, dropout_p, seed,
         SEQLEN_BUCKET, HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -253,7 +259,7 @@ if triton is not None:
         bh = tl.program_id(1)
         b = bh // H
         h = bh % H
-        row0, lo, hi = _sequence(CU_SEQLENS, SEQ_LO, SEQ_HI, b, IS_VARLEN)
+        row0, lo, hi = _sequence(CU_SEQLENS, MASK, b, stride_mask_b, MAX_SEQLEN, HAS_MASK, IS_VARLEN)
         n_rows = hi if IS_VARLEN else MAX_SEQLEN
         start_m = tl.program_id(0) * BLOCK_M
         offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -327,11 +333,7 @@ class _Attention(torch.autograd.Function):
         q, k, v = (x if x.is_contiguous() else x.contiguous() for x in (q, k, v))
         varlen = cu_seqlens is not None
         heads = q.shape[-2]
-        if varlen:
-            batch, lo, hi = cu_seqlens.numel() - 1, cu_seqlens, cu_seqlens
-        else:
-            batch = q.shape[0]
-            lo, hi = _real_range(mask, max_seqlen, batch, q.device)
+        batch = cu_seqlens.numel() - 1 if varlen else q.shape[0]
         lse = torch.empty(q.shape[:-1], device=q.device, dtype=torch.float32)
         seed = _dropout_seed() if dropout_p > 0 else 0
         o = torch.empty_like(q)
@@ -345,20 +347,20 @@ class _Attention(torch.autograd.Function):
             "PRECISION": _precision(q.dtype),
         }
         ctx.scale = scale
-        mask_arg = mask if mask is not None else lo
-        cu_arg = cu_seqlens if varlen else lo
+        mask_arg = mask if mask is not None else lse  # pointers the kernel never reads (HAS_MASK, IS_VARLEN off)
+        cu_arg = cu_seqlens if varlen else lse
 
         def grid(meta):
             return triton.cdiv(max_seqlen, meta["BLOCK_M"]), batch * heads
 
-        _fwd_kernel[grid](q, k, v, o, lse, mask_arg, cu_arg, lo, hi, **ctx.meta)
-        ctx.save_for_backward(q, k, v, o, lse, mask_arg, cu_arg, lo, hi)
+        _fwd_kernel[grid](q, k, v, o, lse, mask_arg, cu_arg, **ctx.meta)
+        ctx.save_for_backward(q, k, v, o, lse, mask_arg, cu_arg)
         ctx.batch = batch
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, lse, mask_arg, cu_arg, lo, hi = ctx.saved_tensors
+        q, k, v, o, lse, mask_arg, cu_arg = ctx.saved_tensors
         do = do if do.is_contiguous() else do.contiguous()
         delta = (do.float() * o.float()).sum(-1)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -372,26 +374,14 @@ class _Attention(torch.autograd.Function):
         def grid_m(m):
             return triton.cdiv(rows, m["BLOCK_M"]), ctx.batch * heads
 
-        _bwd_dkdv_kernel[grid_n](q, k, v, do, dk, dv, lse, delta, mask_arg, cu_arg, lo, hi, **args)
-        _bwd_dq_kernel[grid_m](q, k, v, do, dq, lse, delta, mask_arg, cu_arg, lo, hi, **args)
+        _bwd_dkdv_kernel[grid_n](q, k, v, do, dk, dv, lse, delta, mask_arg, cu_arg, **args)
+        _bwd_dq_kernel[grid_m](q, k, v, do, dq, lse, delta, mask_arg, cu_arg, **args)
         return dq, dk, dv, None, None, None, None, None
 
 
 def _dropout_seed() -> int:
     """A Philox seed drawn from torch's CPU generator, so torch.manual_seed makes dropout reproducible."""
     return int(torch.randint(0, 2**31 - 1, (1,)).item())
-
-
-def _real_range(mask: torch.Tensor | None, seqlen: int, batch: int, device: torch.device):
-    """Per sequence, [lo, hi): first real token and one past the last (no mask: the whole row), as int32."""
-    if mask is None:
-        lo = torch.zeros(batch, dtype=torch.int32, device=device)
-        return lo, torch.full_like(lo, seqlen)
-    pos = torch.arange(seqlen, device=device, dtype=torch.int32)
-    real = mask != 0
-    lo = torch.where(real, pos, seqlen).amin(1).to(torch.int32)
-    hi = torch.where(real, pos + 1, 0).amax(1).to(torch.int32)
-    return lo, hi
 
 
 def flash_attention(
@@ -452,7 +442,7 @@ def pad(x: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int) -> torc
 
 
 def dropout_keep_mask(seed: int, dropout_p: float, batch_heads: int, max_seqlen: int, device) -> torch.Tensor:
-    """The kernel's dropout keep mask (B*H, L, L) as int8, regenerated from its seed: for tests against the reference."""
+    """The kernel's dropout keep mask (B*H, L, L) as int8, regenerated from its seed, to test against the reference."""
     if not available():
         raise RuntimeError("the Triton attention kernel needs triton and a CUDA device (or TRITON_INTERPRET=1)")
     keep = torch.empty(batch_heads, max_seqlen, max_seqlen, dtype=torch.int8, device=device)

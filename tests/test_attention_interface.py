@@ -6,14 +6,14 @@ import os
 
 import pytest
 import torch
+from transformers import AttentionInterface, XLMRobertaConfig, XLMRobertaModel
+from transformers.masking_utils import AttentionMaskInterface
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported: run the kernel interpreted
 
 attention = pytest.importorskip("xlmr_compress.attention")
-from transformers import AttentionInterface, XLMRobertaConfig, XLMRobertaModel
-from transformers.masking_utils import AttentionMaskInterface
-from xlmr_compress.kernels import flash_attention as fa
+fa = attention.fa
 
 if not fa.available():
     pytest.skip("the kernel needs triton and CUDA or the interpreter", allow_module_level=True)
@@ -64,7 +64,7 @@ def test_same_outputs_and_gradients_as_sdpa_on_a_padded_batch() -> None:
     hidden, grads = outputs_and_grads(model, attention.NAME, ids, mask)
     torch.testing.assert_close(hidden, expected, atol=1e-4, rtol=1e-4)
     assert len(grads) == len(expected_grads) > 0
-    for got, want in zip(grads, expected_grads):
+    for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)
 
 
