@@ -12,7 +12,7 @@ from .metrics import MAIN_METRIC, compute_metrics
 
 # 4,000 training utterances and short sequences keep the first run within 20 minutes on 2 CPU cores.
 TRAIN_EXAMPLES = 4000
-TEACHER_CONFIG = dict(epochs=4, batch_size=32, learning_rate=3e-4, max_length=48, freeze_embeddings=True, seed=0,
+TEACHER_CONFIG = dict(epochs=3, batch_size=32, learning_rate=2e-4, max_length=48, freeze_embeddings=True, seed=0,
                       logging_steps=50, resume=True)
 DISTILL_CONFIG = dict(student_layers=6, epochs=3, batch_size=32, learning_rate=1e-4, max_length=64,
                       freeze_embeddings=True, seed=0, logging_steps=100, resume=True)
