@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -515,11 +516,16 @@ def _resident_mib(field: str) -> float:
 
 def fill_memory(rows: list[dict], batches: dict[tuple[str, str], list[tuple[Setting, dict]]],
                 dirs: dict[str, Path]) -> None:
-    """Peak and variant memory of each row, one child process per variant and device (first thread count)."""
-    for (name, device), entries in batches.items():
-        entries = sorted(entries, key=lambda e: e[1]["input_ids"].size)
-        log(f"measuring peak memory of {name} on {device} in a child process")
-        base, peaks = peak_memory(dirs[name], device, entries[0][0].threads, [b for _, b in entries])
+    """Peak and variant memory of each row: one child process per variant and device (first thread count), run
+    concurrently after all timing is done (a process's own peak does not depend on its neighbours)."""
+    ordered = {key: sorted(entries, key=lambda e: e[1]["input_ids"].size) for key, entries in batches.items()}
+    log(f"measuring peak memory of {len(ordered)} variants, each in a child process")
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        results = {(name, device): pool.submit(peak_memory, dirs[name], device, entries[0][0].threads,
+                                               [b for _, b in entries])
+                   for (name, device), entries in ordered.items()}
+    for (name, device), entries in ordered.items():
+        base, peaks = results[name, device].result()
         peak_of = {(s.batch_size, s.seq_length or "data"): peak
                    for (s, _), peak in zip(entries, peaks, strict=True)}
         for row in rows:  # every thread count gets the figure measured at the first
