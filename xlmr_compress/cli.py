@@ -431,55 +431,6 @@ def cmd_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-DISTILL_HELP = {
-    "learning_rate": "peak learning rate of the student (linear warm-up, then linear decay)",
-    "student_layers": "number of teacher layers the student keeps",
-    "layers": "exactly these teacher layers (0-based, increasing) instead of --student-layers",
-    "layer_selection": "even: spread from the first to the last layer; first: the bottom k layers",
-    "student_heads": "attention heads per student layer, the most important kept (default: the teacher's)",
-    "student_ffn": "FFN neurons per student layer, the most important kept (default: the teacher's)",
-    "student_hidden": "student hidden size, the dimensions with the largest LayerNorm gains kept (default: the teacher's)",
-    "student_init": "teacher: student layers sliced from the teacher's; fresh: new random layers (embeddings and "
-                    "head still copied)",
-    "student": "a student model directory (same tokenizer and task head) to train instead of building one",
-    "preset": "losses: fast (outputs only), balanced (+ hidden states), quality (+ attention, MiniLM relations, "
-              "embeddings)",
-    "losses": "NAME=WEIGHT overrides of the preset, NAME among soft hard hidden attention relations embedding",
-    "temperature": "softmax temperature of the soft targets (default: the preset's, 2)",
-    "unlabeled": "text file, one text a line in any language, that the teacher labels for the student",
-    "cache_teacher": "compute the teacher's outputs once into OUT.checkpoints and reuse them every epoch "
-                     "(output losses only)",
-}
-
-
-def cmd_distill(sub: argparse._SubParsersAction) -> None:
-    from .distill import DistillConfig
-
-    p = sub.add_parser("distill", help="train a smaller student from a fine-tuned teacher",
-                       description="Build a student from the teacher (k of its layers, optionally narrower) or take "
-                                   "--student, train it on the teacher's outputs and the labels; writes --out with "
-                                   "both models' metrics in compression.json.")
-    p.add_argument("--teacher", required=True, help="fine-tuned teacher model directory (with a task head)")
-    p.add_argument("--out", required=True, help="output student directory (written atomically)")
-    add_data_flags(p)
-    add_config_flags(p, DistillConfig, help=DISTILL_HELP)
-
-    def run(args: argparse.Namespace) -> None:
-        from .artifact import read_lineage
-        from .distill import distill
-
-        out = distill(args.teacher, data_from(args), args.out, config_from(args, DistillConfig))
-        measured = read_lineage(out)["stages"][-1]["measured"]
-        teacher = measured["teacher"]
-        split = next(k for k in ("test", "validation") if k in teacher)
-        print(f"wrote {out}: {measured['parameters']:,} parameters (teacher {teacher['parameters']:,})")
-        for name, result in (("teacher", teacher[split]), ("student", measured[split])):
-            print(f"\n{name}, {split} split:")
-            print_metrics(result)
-
-    p.set_defaults(run=run)
-
-
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [cmd_finetune, cmd_evaluate, cmd_convert_e5, cmd_demo,
                                                                     cmd_prune, cmd_trim_vocab,
                                                                     cmd_export, cmd_quantize, cmd_bench,
