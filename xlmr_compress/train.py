@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,6 +53,13 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
+def cpu_processes() -> dict[str, Any]:
+    """Under torchrun without a GPU, ask for gloo explicitly: otherwise every process trains alone as rank 0."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        return {"use_cpu": True, "ddp_backend": "gloo"}
+    return {}
+
+
 def training_arguments(checkpoints: Path, config: Any, task: str, **extra: Any) -> TrainingArguments:
     """TrainingArguments shared by fine-tuning and distillation: per-epoch (or per-N-step) eval, best kept."""
     steps = config.save_steps
@@ -66,7 +74,7 @@ def training_arguments(checkpoints: Path, config: Any, task: str, **extra: Any) 
         logging_steps=config.logging_steps, report_to="none", remove_unused_columns=False,
         train_sampling_strategy="group_by_length", dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        **precision_flags(config.precision), **extra,
+        **precision_flags(config.precision), **cpu_processes(), **extra,
     )
 
 

@@ -79,7 +79,7 @@ def distill(teacher: str | Path, data: TaskData | DataConfig | str, out_dir: str
     eval_split = eval_split_of(task_data, config.eval_split)
     eval_features = encode(task_data, eval_split, tokenizer, config.max_length, config.stride, label_names=labels)
     checkpoints, last = prepare_checkpoints(out_dir, config.resume)
-    args = training_arguments(checkpoints, config, task_data.task, **cpu_processes())
+    args = training_arguments(checkpoints, config, task_data.task)
     cache = None
     if config.cache_teacher:
         with args.main_process_first(local=False, desc="teacher outputs"):
@@ -202,13 +202,6 @@ class DistillTrainer(TaskTrainer):
             logs.update({f"loss_{name}": round(sum(v) / len(v), 4) for name, v in self.parts.items() if v})
             self.parts.clear()
         super().log(logs, *args, **kwargs)
-
-
-def cpu_processes() -> dict[str, Any]:
-    """Under torchrun without a GPU, ask for gloo explicitly: otherwise every process trains alone as rank 0."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        return {"use_cpu": True, "ddp_backend": "gloo"}
-    return {}
 
 
 class RowCollator:
