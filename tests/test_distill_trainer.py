@@ -144,6 +144,7 @@ def test_bad_input_is_one_line_and_leaves_no_output(toy_teacher, tmp_path: Path,
     else:
         (tmp_path / "empty.txt").write_text("\n \n")
         args += ["--student-layers", "1", "--unlabeled", str(tmp_path / "empty.txt")]
+    capsys.readouterr()  # drop what building the bad student printed (a loading progress bar): judge the CLI alone
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
     expected = {"tokenizer": "different tokenizer", "wider": "wider than its teacher", "layer": "out of range",
