@@ -96,6 +96,18 @@ if triton is not None:
         return row0, lo, hi
 
     @triton.jit
+    def _program(CU_SEQLENS, MASK, stride_b, stride_t, stride_h, stride_mask_b, H, MAX_SEQLEN,
+                 HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr):
+        """This program's batch*head, batch, head, sequence rows (row0, lo, hi), row count and base offset."""
+        bh = tl.program_id(1)
+        b = bh // H
+        h = bh % H
+        row0, lo, hi = _sequence(CU_SEQLENS, MASK, b, stride_mask_b, MAX_SEQLEN, HAS_MASK, IS_VARLEN)
+        n_rows = hi if IS_VARLEN else MAX_SEQLEN
+        base = b.to(tl.int64) * stride_b + row0.to(tl.int64) * stride_t + h * stride_h
+        return bh, b, h, row0, lo, hi, n_rows, base
+
+    @triton.jit
     def _dropout_keep(seed, bh, rows, cols, MAX_SEQLEN, dropout_p):
         """Philox keep mask of one tile, a pure function of (seed, batch*head, row, col): backward regenerates it."""
         offsets = (bh * MAX_SEQLEN + rows[:, None]) * MAX_SEQLEN + cols[None, :]
@@ -153,16 +165,12 @@ if triton is not None:
         SEQLEN_BUCKET, HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
         DROPOUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
-        bh = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        row0, lo, hi = _sequence(CU_SEQLENS, MASK, b, stride_mask_b, MAX_SEQLEN, HAS_MASK, IS_VARLEN)
-        n_rows = hi if IS_VARLEN else MAX_SEQLEN
+        bh, b, h, row0, lo, hi, n_rows, base = _program(CU_SEQLENS, MASK, stride_b, stride_t, stride_h,
+                                                        stride_mask_b, H, MAX_SEQLEN, HAS_MASK, IS_VARLEN)
         start_m = tl.program_id(0) * BLOCK_M
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
-        base = b.to(tl.int64) * stride_b + row0.to(tl.int64) * stride_t + h * stride_h
         q = tl.load(Q + base + offs_m[:, None] * stride_t + offs_d[None, :], mask=offs_m[:, None] < n_rows, other=0.0)
         q_real = (offs_m >= lo) & (offs_m < hi)
         if HAS_MASK:
@@ -203,16 +211,12 @@ if triton is not None:
         SEQLEN_BUCKET, HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
         DROPOUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
-        bh = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        row0, lo, hi = _sequence(CU_SEQLENS, MASK, b, stride_mask_b, MAX_SEQLEN, HAS_MASK, IS_VARLEN)
-        n_rows = hi if IS_VARLEN else MAX_SEQLEN
+        bh, b, h, row0, lo, hi, n_rows, base = _program(CU_SEQLENS, MASK, stride_b, stride_t, stride_h,
+                                                        stride_mask_b, H, MAX_SEQLEN, HAS_MASK, IS_VARLEN)
         start_n = tl.program_id(0) * BLOCK_N
         offs_n = start_n + tl.arange(0, BLOCK_N)
         offs_m = tl.arange(0, BLOCK_M)
         offs_d = tl.arange(0, HEAD_DIM)
-        base = b.to(tl.int64) * stride_b + row0.to(tl.int64) * stride_t + h * stride_h
         lse_base = LSE + b.to(tl.int64) * stride_lse_b + row0 * H + h
         delta_base = DELTA + b.to(tl.int64) * stride_lse_b + row0 * H + h
         tile = offs_n[:, None] * stride_t + offs_d[None, :]
@@ -256,16 +260,12 @@ if triton is not None:
         SEQLEN_BUCKET, HEAD_DIM: tl.constexpr, HAS_MASK: tl.constexpr, IS_VARLEN: tl.constexpr,
         DROPOUT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
-        bh = tl.program_id(1)
-        b = bh // H
-        h = bh % H
-        row0, lo, hi = _sequence(CU_SEQLENS, MASK, b, stride_mask_b, MAX_SEQLEN, HAS_MASK, IS_VARLEN)
-        n_rows = hi if IS_VARLEN else MAX_SEQLEN
+        bh, b, h, row0, lo, hi, n_rows, base = _program(CU_SEQLENS, MASK, stride_b, stride_t, stride_h,
+                                                        stride_mask_b, H, MAX_SEQLEN, HAS_MASK, IS_VARLEN)
         start_m = tl.program_id(0) * BLOCK_M
         offs_m = start_m + tl.arange(0, BLOCK_M)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, HEAD_DIM)
-        base = b.to(tl.int64) * stride_b + row0.to(tl.int64) * stride_t + h * stride_h
         tile = offs_m[:, None] * stride_t + offs_d[None, :]
         row_in = offs_m < n_rows
         q = tl.load(Q + base + tile, mask=row_in[:, None], other=0.0)

@@ -85,12 +85,25 @@ def add_data_flags(parser: argparse.ArgumentParser, required: bool = True) -> No
     """--data and the DataConfig options."""
     from .data import DataConfig
 
-    parser.add_argument("--data", required=required, default=None if required else "chatterbot",
+    parser.add_argument("--data", required=required,
                         help="task data: a file, a directory (split files, or one sub-directory per language), "
                              "'chatterbot' (the embedded multilingual default), or a `datasets` name")
     parser.add_argument("--task", choices=["sequence-classification", "token-classification", "question-answering"],
                         help="task of the data (default: inferred from the files)")
     add_config_flags(parser, DataConfig, skip=("path", "task", "seed"))
+
+
+def stage_parser(sub: argparse._SubParsersAction, name: str, config_cls: type, model_help: str,
+                 data: str | None = None, config_help: dict[str, str] | None = None, **texts: str
+                 ) -> argparse.ArgumentParser:
+    """A stage's sub-command: MODEL, --out, the data flags (data: "required", "optional" or None), the config flags."""
+    p = sub.add_parser(name, **texts)
+    p.add_argument("model", help=model_help)
+    p.add_argument("--out", required=True, help="output model directory (written atomically)")
+    if data:
+        add_data_flags(p, required=data == "required")
+    add_config_flags(p, config_cls, help=config_help)
+    return p
 
 
 def data_from(args: argparse.Namespace) -> Any:
@@ -121,13 +134,11 @@ def _fmt(value: Any) -> str:
 def cmd_finetune(sub: argparse._SubParsersAction) -> None:
     from .train import FinetuneConfig
 
-    p = sub.add_parser("finetune", help="fine-tune an XLM-R (teacher, or any model) on task data",
-                       description="Fine-tune an XLM-R checkpoint on task data with transformers.Trainer; the best "
-                                   "checkpoint (main metric on the evaluation split) is written to --out.")
-    p.add_argument("model", help="model directory or hub id (a bare encoder gets a new task head)")
-    p.add_argument("--out", required=True, help="output model directory (written atomically)")
-    add_data_flags(p)
-    add_config_flags(p, FinetuneConfig)
+    p = stage_parser(sub, "finetune", FinetuneConfig, data="required",
+                     model_help="model directory or hub id (a bare encoder gets a new task head)",
+                     help="fine-tune an XLM-R (teacher, or any model) on task data",
+                     description="Fine-tune an XLM-R checkpoint on task data with transformers.Trainer; the best "
+                                 "checkpoint (main metric on the evaluation split) is written to --out.")
 
     def run(args: argparse.Namespace) -> None:
         from .train import finetune
@@ -221,14 +232,11 @@ TRIM_HELP = {
 def cmd_prune(sub: argparse._SubParsersAction) -> None:
     from .prune import PruneConfig
 
-    p = sub.add_parser("prune", help="remove the least important attention heads and FFN neurons",
-                       description="Score heads and FFN neurons (Taylor from --data, else weight magnitude), "
-                                   "remove the weakest for real, optionally recover by fine-tuning; writes --out.")
-    p.add_argument("model", help="model directory with a task head")
-    p.add_argument("--out", required=True, help="output model directory (written atomically)")
-    add_data_flags(p, required=False)
-    p.set_defaults(data=None)
-    add_config_flags(p, PruneConfig, help=PRUNE_HELP)
+    p = stage_parser(sub, "prune", PruneConfig, data="optional", config_help=PRUNE_HELP,
+                     model_help="model directory with a task head",
+                     help="remove the least important attention heads and FFN neurons",
+                     description="Score heads and FFN neurons (Taylor from --data, else weight magnitude), "
+                                 "remove the weakest for real, optionally recover by fine-tuning; writes --out.")
 
     def run(args: argparse.Namespace) -> None:
         from .prune import prune
@@ -242,14 +250,10 @@ def cmd_prune(sub: argparse._SubParsersAction) -> None:
 def cmd_trim_vocab(sub: argparse._SubParsersAction) -> None:
     from .prune import TrimConfig
 
-    p = sub.add_parser("trim-vocab", help="keep only the vocabulary a corpus or data set uses",
-                       description="Trim the tokenizer and the embedding to the pieces the text uses (special "
-                                   "tokens always kept); reports the kept vocabulary, bytes saved and coverage.")
-    p.add_argument("model", help="model directory (torch)")
-    p.add_argument("--out", required=True, help="output model directory (written atomically)")
-    add_data_flags(p, required=False)
-    p.set_defaults(data=None)
-    add_config_flags(p, TrimConfig, help=TRIM_HELP)
+    p = stage_parser(sub, "trim-vocab", TrimConfig, "model directory (torch)", data="optional", config_help=TRIM_HELP,
+                     help="keep only the vocabulary a corpus or data set uses",
+                     description="Trim the tokenizer and the embedding to the pieces the text uses (special "
+                                 "tokens always kept); reports the kept vocabulary, bytes saved and coverage.")
 
     def run(args: argparse.Namespace) -> None:
         from .artifact import read_lineage
@@ -291,13 +295,12 @@ QUANTIZE_HELP = {
 def cmd_export(sub: argparse._SubParsersAction) -> None:
     from .export.onnx import ExportConfig
 
-    p = sub.add_parser("export", help="export a model directory to ONNX, checked against torch",
-                       description="Export to ONNX (opset 18, dynamic batch and sequence axes) in the layout optimum's "
-                                   "ORTModelFor* classes read; the outputs are compared with torch on a padded "
-                                   "multilingual batch and the export is refused above --tolerance.")
-    p.add_argument("model", help="model directory (torch: fine-tuned, distilled, pruned or vocabulary-trimmed)")
-    p.add_argument("--out", required=True, help="output ONNX directory (written atomically)")
-    add_config_flags(p, ExportConfig, help=EXPORT_HELP)
+    p = stage_parser(sub, "export", ExportConfig, config_help=EXPORT_HELP,
+                     model_help="model directory (torch: fine-tuned, distilled, pruned or vocabulary-trimmed)",
+                     help="export a model directory to ONNX, checked against torch",
+                     description="Export to ONNX (opset 18, dynamic batch and sequence axes) in the layout optimum's "
+                                 "ORTModelFor* classes read; the outputs are compared with torch on a padded "
+                                 "multilingual batch and the export is refused above --tolerance.")
 
     def run(args: argparse.Namespace) -> None:
         from .artifact import read_lineage
@@ -314,15 +317,12 @@ def cmd_export(sub: argparse._SubParsersAction) -> None:
 def cmd_quantize(sub: argparse._SubParsersAction) -> None:
     from .quantize.onnx import QuantizeConfig
 
-    p = sub.add_parser("quantize", help="int8 with ONNX Runtime (dynamic or calibrated static), or torch int8/fp16/bf16",
-                       description="Quantize a torch or ONNX model directory. With --data, static int8 calibrates on "
-                                   "it and source and quantized model are evaluated on --eval-split; a drop above "
-                                   "--max-drop warns and names the nodes to keep in fp32 (--exclude-nodes).")
-    p.add_argument("model", help="model directory (torch or fp32 ONNX)")
-    p.add_argument("--out", required=True, help="output model directory (written atomically)")
-    add_data_flags(p, required=False)
-    p.set_defaults(data=None)
-    add_config_flags(p, QuantizeConfig, help=QUANTIZE_HELP)
+    p = stage_parser(sub, "quantize", QuantizeConfig, data="optional", config_help=QUANTIZE_HELP,
+                     model_help="model directory (torch or fp32 ONNX)",
+                     help="int8 with ONNX Runtime (dynamic or calibrated static), or torch int8/fp16/bf16",
+                     description="Quantize a torch or ONNX model directory. With --data, static int8 calibrates on "
+                                 "it and source and quantized model are evaluated on --eval-split; a drop above "
+                                 "--max-drop warns and names the nodes to keep in fp32 (--exclude-nodes).")
 
     def run(args: argparse.Namespace) -> None:
         from .artifact import read_lineage
@@ -346,7 +346,8 @@ DISTILL_HELP = {
     "layer_selection": "even: spread from the first to the last layer; first: the bottom k layers",
     "student_heads": "attention heads per student layer, the most important kept (default: the teacher's)",
     "student_ffn": "FFN neurons per student layer, the most important kept (default: the teacher's)",
-    "student_hidden": "student hidden size, the dimensions with the largest LayerNorm gains kept (default: the teacher's)",
+    "student_hidden": "student hidden size, the dimensions with the largest LayerNorm gains kept "
+                      "(default: the teacher's)",
     "student_init": "teacher: student layers sliced from the teacher's; fresh: new random layers (embeddings and "
                     "head still copied)",
     "student": "a student model directory (same tokenizer and task head) to train instead of building one",
@@ -414,7 +415,6 @@ def cmd_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="write results.md, CSV tables, results.json and pareto.png (with --data) here")
     p.add_argument("--overwrite", action="store_true", help="replace the --out directory if it exists")
     add_data_flags(p, required=False)
-    p.set_defaults(data=None)
     add_config_flags(p, BenchConfig, help=BENCH_HELP)
 
     def run(args: argparse.Namespace) -> None:

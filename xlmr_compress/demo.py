@@ -48,7 +48,6 @@ def run_demo(workdir: Path) -> dict:
     from .export.onnx import export_onnx
     from .prune import PruneConfig, TrimConfig, prune, trim_vocab
     from .quantize.onnx import quantize
-    from .runtime import evaluate
     from .train import FinetuneConfig, finetune
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -59,42 +58,19 @@ def run_demo(workdir: Path) -> dict:
     encoder = stage(workdir, "e5-small", lambda out: convert(out))
     teacher = stage(workdir, "teacher", lambda out: finetune(encoder, data, out, FinetuneConfig(**TEACHER_CONFIG)))
     student = stage(workdir, "student", lambda out: distill(teacher, data, out, DistillConfig(**DISTILL_CONFIG)))
-    side_by_side({"teacher": teacher, "student": student}, MAIN_METRIC[data.task])
     pruned = stage(workdir, "pruned", lambda out: prune(teacher, out, PruneConfig(**PRUNE_CONFIG), data=data))
     trimmed = stage(workdir, "trimmed", lambda out: trim_vocab(pruned, out, TrimConfig(), data=data))
     exported = stage(workdir, "onnx", lambda out: export_onnx(trimmed, out))
     int8 = stage(workdir, "int8", lambda out: quantize(exported, out))
+    report = bench([teacher, student, pruned, trimmed, exported, int8], BenchConfig(**BENCH_CONFIG), data)
     metric = MAIN_METRIC[data.task]
-    rows = {"majority class": majority_baseline(data)["overall"], "teacher": evaluate(teacher, data)["overall"],
-            "student": evaluate(student, data)["overall"],
-            "pruned": evaluate(pruned, data)["overall"], "pruned + trimmed": evaluate(trimmed, data)["overall"],
-            "+ ONNX int8": evaluate(int8, data)["overall"]}
+    rows = {"majority class": majority_baseline(data)["overall"]}
+    rows.update({name: result["overall"] for name, result in report.accuracy.items()})
     print(f"\n[demo] test split, {len(data.splits['test'])} examples")
     print(f"{'model':<16} {metric:>9} {'accuracy':>9}")
     for name, m in rows.items():
         print(f"{name:<16} {m[metric]:>9.4f} {m['accuracy']:>9.4f}")
-    report = bench([teacher, student, pruned, trimmed, exported, int8], BenchConfig(**BENCH_CONFIG), data)
     print(f"\n[demo] every variant, timed in one run (ratios to the teacher)\n\n{report.markdown()}")
     print(f"[demo] table (Markdown, CSV) and Pareto plot: {report.write(workdir / 'bench', overwrite=True)}")
     return rows
 
-
-def side_by_side(models: dict[str, Path], metric: str, batch_size: int = 1, length: int = 64) -> list[dict]:
-    """Print test metric (as each stage measured it), parameters, size on disk and CPU latency, timed in one run."""
-    from .artifact import read_lineage
-    from .bench import BenchConfig, bench
-
-    timing = bench(list(models.values()), BenchConfig(batch_sizes=[batch_size], seq_lengths=[length],
-                                                      data_lengths=False, memory=False, warmup=2, repeats=20))
-    rows = []
-    for (name, path), timed in zip(models.items(), timing.rows):
-        measured = read_lineage(path)["stages"][-1]["measured"]
-        rows.append({"model": name, metric: measured["test"]["overall"][metric], "parameters": measured["parameters"],
-                     "mib": timed["size_mib"], "p50_ms": timed["p50_ms"], "speedup": timed["speedup"]})
-    print(f"\n[demo] teacher and student: test {metric}; CPU latency of batch {batch_size} x {length} tokens, "
-          f"{timing.rows[0]['threads']} threads, timed in the same run")
-    print(f"{'model':<8} {metric:>9} {'parameters':>12} {'MiB':>8} {'p50 ms':>8} {'speedup':>8}")
-    for r in rows:
-        print(f"{r['model']:<8} {r[metric]:>9.4f} {r['parameters']:>12,} {r['mib']:>8.1f} {r['p50_ms']:>8.2f} "
-              f"{r['speedup']:>7.2f}x")
-    return rows
