@@ -72,11 +72,25 @@ def latency(workdir: Path, repeats: int) -> str:
         checks.append(f"- `{name}`: latency {speed:.3f} x torch eager fp32 (target <= 0.25: "
                       f"{'met' if speed <= 0.25 else 'NOT met'}); file {size:.3f} x the fp32 ONNX file "
                       f"(target <= 0.30: {'met' if size <= 0.30 else 'NOT met'})")
+    checks.append(int8_floor(result, torch_ms))
     return (f"xlm-roberta-base shape (12 x 768, 250,002-piece vocabulary, random weights, sequence-classification "
             f"head), {rows['torch-fp32']['setting']}, {repeats} interleaved rounds; `-fused` = exported with "
             "`--optimize` (ONNX Runtime's Attention/SkipLayerNorm/BiasGelu fusions); int8 = dynamic, per-channel, "
             "embeddings included.\n\n" + markdown_table([{k: r[k] for k in COLUMNS} for r in result.rows])
-            + "\n\n" + "\n".join(checks) + "\n\nNo GPU on this machine: the fusions and fp16 were not measured on GPU.")
+            + "\n\n" + "\n".join(checks) + "\n\nMatmul ceilings measured in this run:\n\n"
+            + markdown_table(result.ceilings))
+
+
+def int8_floor(result, torch_ms: float) -> str:
+    """The fastest the int8 model could run here: its matmul work at this machine's measured int8 matmul peak."""
+    peak = {c["precision"]: c["gflop_per_s"] for c in result.ceilings}
+    row = next(r for r in result.rows if r["variant"] == "ort-int8")
+    floor_ms = row["gflop_per_seq"] * row["batch"] / peak["int8"] * 1e3
+    verdict = "unreachable on this machine" if floor_ms > 0.25 * torch_ms else "reachable in principle"
+    return (f"- floor: {row['gflop_per_seq'] * row['batch_size']:.1f} GOP per batch at this machine's int8 matmul "
+            f"peak ({peak['int8']:.0f} GOP/s, ONNX Runtime MatMulInteger, measured in this run; fp32 torch peak "
+            f"{peak['fp32']:.0f} GFLOP/s) take at least {floor_ms:.0f} ms = {floor_ms / torch_ms:.2f} x torch eager "
+            f"fp32: the 0.25 target is {verdict}")
 
 
 def quality(workdir: Path, teacher: Path, data_path: str, calibration_size: int, per_split: int | None) -> str:

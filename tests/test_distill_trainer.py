@@ -38,7 +38,8 @@ def write_qa(folder: Path) -> Path:
     qas = [{"id": f"q{i}", "question": q, "answers": [{"text": a, "answer_start": context.index(a)}]}
            for i, (q, a) in enumerate([("where is john", "paris"), ("where is mary", "london")] * 4)]
     for split in ("train", "dev", "test"):
-        (folder / f"{split}.json").write_text(json.dumps({"data": [{"paragraphs": [{"context": context, "qas": qas}]}]}))
+        (folder / f"{split}.json").write_text(
+            json.dumps({"data": [{"paragraphs": [{"context": context, "qas": qas}]}]}))
     return folder
 
 
@@ -89,7 +90,8 @@ def test_cached_teacher_outputs_train_the_same_student(toy_teacher, tmp_path: Pa
     runs = {}
     for cache in (False, True):
         out = distill(teacher, str(data), tmp_path / f"cache-{cache}",
-                      DistillConfig(student_layers=2, preset="fast", cache_teacher=cache, **{**TINY_RUN, "max_steps": 4}))
+                      DistillConfig(student_layers=2, preset="fast", cache_teacher=cache,
+                                    **{**TINY_RUN, "max_steps": 4}))
         runs[cache] = load_file(str(out / "model.safetensors"))
     assert runs[True].keys() == runs[False].keys()
     for name in runs[True]:  # padded batches vs one cached pass differ only by float rounding
@@ -102,7 +104,8 @@ def test_unlabeled_text_gets_ignored_labels_and_trains(toy_teacher, tmp_path: Pa
     texts.write_text("hello world\n\nle film est bad\ndie musik ist good\n")
     tokenizer = modeling.tiny_tokenizer()
     config = DistillConfig(max_length=32)
-    features = encode_unlabeled(["hello world", "le film"], "sequence-classification", tokenizer, config, ["neg", "pos"])
+    features = encode_unlabeled(["hello world", "le film"], "sequence-classification", tokenizer, config,
+                                ["neg", "pos"])
     assert features["labels"][:] == [-100, -100]
     tokens = encode_unlabeled(["john in paris"], "token-classification", tokenizer, config, ["O", "B-LOC"])
     assert set(tokens["labels"][0]) == {-100}
@@ -137,7 +140,8 @@ def test_bad_input_is_one_line_and_leaves_no_output(toy_teacher, tmp_path: Path,
         encoder = tmp_path / "encoder"
         from transformers import XLMRobertaModel
 
-        XLMRobertaModel(modeling.tiny_config(len(modeling.tiny_tokenizer())), add_pooling_layer=False).save_pretrained(encoder)
+        XLMRobertaModel(modeling.tiny_config(len(modeling.tiny_tokenizer())),
+                        add_pooling_layer=False).save_pretrained(encoder)
         modeling.tiny_tokenizer().save_pretrained(encoder)
         args[2] = str(encoder)
         args += ["--student-layers", "1"]
@@ -161,10 +165,11 @@ def test_torchrun_two_processes_write_the_same_student_shape(toy_teacher, tmp_pa
     single = tmp_path / "single"
     assert cli.main([*common, "--out", str(single)]) == 0
     double = tmp_path / "double"
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-                          "-m", "xlmr_compress.cli", *common, "--out", str(double)],
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29533", "-m", "xlmr_compress.cli", *common, "--out", str(double)],
                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("wrote ") == 1, run.stdout  # rank 0 alone reports
     one, two = load_file(str(single / "model.safetensors")), load_file(str(double / "model.safetensors"))
     assert {k: v.shape for k, v in one.items()} == {k: v.shape for k, v in two.items()}
     assert json.loads((double / "config.json").read_text())["num_hidden_layers"] == 2

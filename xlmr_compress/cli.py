@@ -455,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    if os.environ.get("RANK", "0") != "0":  # under torchrun or accelerate, rank 0 alone reports what was written
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  lives as long as the process
     try:
         args.run(args)
     except UserError as e:
