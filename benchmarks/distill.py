@@ -106,7 +106,8 @@ def main() -> None:
             f"{a.epochs:g} epochs on {len(data.splits['train'])} `{a.data}` train examples (seeded subset, frozen "
             f"word embeddings, max length {a.max_length}); distilled with preset `{a.preset}` (T=2 soft targets + "
             f"labels), or on labels alone. Test split: {len(data.splits['test'])} examples, "
-            f"{len(data.languages('test'))} languages" + (" (seeded subset, stratified by language)" if a.test_examples else "")
+            f"{len(data.languages('test'))} languages"
+            + (" (seeded subset, stratified by language)" if a.test_examples else "")
             + f". Latency: CPU, fixed 64-token batches, the three models timed "
             f"round-robin in one run ({a.repeats} rounds).\n\n" + tables(teacher, students, timing, metric))
     update_section(f"distill-{a.student_layers}", f"Distillation: {a.student_layers}-layer student vs teacher", body)

@@ -32,7 +32,8 @@ def table(result: dict, baseline: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(SHARED / "data" / "sib200"), help="task data (default: SIB-200, 31 languages)")
+    ap.add_argument("--data", default=str(SHARED / "data" / "sib200"),
+                    help="task data (default: SIB-200, 31 languages)")
     ap.add_argument("--out", default="runs/teacher-sib200", help="teacher model directory")
     ap.add_argument("--epochs", type=float, default=2.0, help="fine-tuning epochs")
     ap.add_argument("--train-examples", type=int, default=4000, help="seeded subset of the train split (CPU budget)")

@@ -278,7 +278,7 @@ def test_ner_labels_on_first_subtoken_and_decode_round_trip(tmp_path, tokenizer)
     words = first["word_ids"]
     pieces = [words.count(w) for w in range(3)]
     assert pieces[1] > 1  # "parisian" is split into several pieces by the tiny vocabulary
-    tagged = [(w, label) for w, label in zip(words, first["labels"]) if label != -100]
+    tagged = [(w, label) for w, label in zip(words, first["labels"], strict=True) if label != -100]
     assert tagged == [(0, 0), (1, 1), (2, 1)]  # one label per word, on its first piece
     predictions = decode(data, "train", features, {"logits": oracle_logits(features["labels"], 4)})
     assert predictions == references_of(data, "train")
@@ -296,7 +296,7 @@ def test_qa_windows_positions_and_decode(tmp_path, tokenizer):
     assert len(features) > 2 and set(features["example_index"]) == {0, 1}
     n, width = len(features), max(features["length"])
     start, end = np.full((n, width), -5.0), np.full((n, width), -5.0)
-    for i, (s, e) in enumerate(zip(features["start_positions"], features["end_positions"])):
+    for i, (s, e) in enumerate(zip(features["start_positions"], features["end_positions"], strict=True)):
         offsets = features["offset_mapping"][i]
         if s == 0:
             assert e == 0  # the window lacks the answer: the target is CLS
@@ -330,8 +330,8 @@ def test_sib200_counts(shared_data):
         languages = data.splits[split]["language"][:]
         assert all(languages.count(lang) == size for lang in set(languages))
     train = data.splits["train"][:]
-    english = [label for label, lang in zip(train["label"], train["language"]) if lang == "eng_Latn"]
-    counts = dict(zip(data.label_names, np.bincount(english)))
+    english = [label for label, lang in zip(train["label"], train["language"], strict=True) if lang == "eng_Latn"]
+    counts = dict(zip(data.label_names, np.bincount(english), strict=False))
     assert counts["science/technology"] == 176 and counts["geography"] == 58
 
 
@@ -387,7 +387,7 @@ def test_chatterbot_classes_languages_and_split(chatterbot):
     assert "dinero" not in chatterbot.label_names and "ia" not in chatterbot.label_names
     sizes = {s: len(ds) for s, ds in chatterbot.splits.items()}
     assert abs(sizes["validation"] / len(labels) - 0.1) < 0.01 and abs(sizes["test"] / len(labels) - 0.1) < 0.01
-    pairs = [(t, lab) for s in chatterbot.splits.values() for t, lab in zip(s["text"][:], s["label"][:])]
+    pairs = [(t, lab) for s in chatterbot.splits.values() for t, lab in zip(s["text"][:], s["label"][:], strict=True)]
     assert len(pairs) == len(set(pairs))
 
 

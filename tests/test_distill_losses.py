@@ -12,13 +12,14 @@ from xlmr_compress.errors import UserError
 
 
 def kl(p: list[float], q: list[float]) -> float:
-    return sum(a * math.log(a / b) for a, b in zip(p, q))
+    return sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
 
 
 def test_soft_target_loss_is_kl_times_t_squared():
     teacher = torch.tensor([[math.log(3.0), 0.0]])
     student = torch.zeros(1, 2)
-    assert losses.soft_target_loss(student, teacher, 1.0).item() == pytest.approx(kl([0.75, 0.25], [0.5, 0.5]), abs=1e-6)
+    assert losses.soft_target_loss(student, teacher, 1.0).item() == pytest.approx(kl([0.75, 0.25], [0.5, 0.5]),
+                                                                                  abs=1e-6)
     r = math.sqrt(3.0)  # at T=2 the teacher's odds 3:1 become sqrt(3):1
     expected = 4 * kl([r / (1 + r), 1 / (1 + r)], [0.5, 0.5])
     assert losses.soft_target_loss(student, teacher, 2.0).item() == pytest.approx(expected, abs=1e-6)

@@ -56,7 +56,8 @@ def test_dynamic_int8_small_close_and_plain_onnxruntime(onnx_dir: Path, tmp_path
     logits = session.run(["logits"], batch)[0]
     reference = fp32(batch)["logits"]
     assert np.abs(logits - reference).max() < 0.05 * np.abs(reference).max()
-    assert {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node} >= {"MatMulInteger", "DynamicQuantizeLinear"}
+    assert {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node} >= {"MatMulInteger",
+                                                                                 "DynamicQuantizeLinear"}
     measured = last_stage(out)["measured"]
     assert measured["size_ratio"] <= 0.31 and measured["max_abs_diff"] == pytest.approx(
         export.max_abs_diff({"logits": logits}, {"logits": reference}, batch["attention_mask"]), rel=1e-5)

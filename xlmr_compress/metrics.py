@@ -65,7 +65,7 @@ def entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
 def entity_scores(predictions: Sequence[Sequence[str]], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """Micro precision, recall and F1 over exact entity spans (seqeval's default mode)."""
     found = correct = gold = 0
-    for i, (predicted, reference) in enumerate(zip(predictions, references)):
+    for i, (predicted, reference) in enumerate(zip(predictions, references, strict=False)):
         if len(predicted) != len(reference):
             raise ValueError(f"sentence {i}: {len(predicted)} predicted tags for {len(reference)} words")
         p, r = entities(predicted), entities(reference)
@@ -94,7 +94,8 @@ def _f1(prediction: str, gold: str) -> float:
 def qa_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict[str, float]:
     """SQuAD-v1 exact match and token F1, each the max over an example's gold answers, averaged."""
     exact = [max((normalize_answer(p) == normalize_answer(g) for g in golds), default=False)
-             for p, golds in zip(predictions, references)]
-    f1 = [max((_f1(p, g) for g in golds), default=0.0) for p, golds in zip(predictions, references)]
+             for p, golds in zip(predictions, references, strict=False)]
+    f1 = [max((_f1(p, g) for g in golds), default=0.0)
+          for p, golds in zip(predictions, references, strict=False)]
     return {"exact_match": float(np.mean(exact)) if exact else 0.0, "f1": float(np.mean(f1)) if f1 else 0.0,
             "examples": len(references)}

@@ -59,7 +59,8 @@ def load_config(name_or_dir: str | Path) -> PretrainedConfig:
             raise UserError(f"model directory {path} does not exist: check the path")
         cfg = path / "config.json"
         if not cfg.is_file():
-            raise UserError(f"{path} has no config.json: it is not a model directory (give the directory a stage wrote)")
+            raise UserError(f"{path} has no config.json: it is not a model directory "
+                            "(give the directory a stage wrote)")
         try:
             json.loads(cfg.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -67,7 +68,8 @@ def load_config(name_or_dir: str | Path) -> PretrainedConfig:
     try:
         return AutoConfig.from_pretrained(str(name_or_dir))
     except OSError as e:
-        raise UserError(f"cannot load {name_or_dir!r}: not a local directory, and the hub says: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot load {name_or_dir!r}: not a local directory, and the hub says: "
+                        f"{str(e).splitlines()[0]}") from None
 
 
 def load_tokenizer(name_or_dir: str | Path) -> XLMRobertaTokenizerFast:
@@ -76,7 +78,8 @@ def load_tokenizer(name_or_dir: str | Path) -> XLMRobertaTokenizerFast:
     if path.is_dir():
         file = path / "tokenizer.json"
         if not file.is_file():
-            raise UserError(f"{path} has no tokenizer.json: save the fast tokenizer with the model (tokenizer.save_pretrained)")
+            raise UserError(f"{path} has no tokenizer.json: save the fast tokenizer with the model "
+                            "(tokenizer.save_pretrained)")
         kwargs = {}
         cfg = path / "tokenizer_config.json"
         if cfg.is_file():
@@ -104,7 +107,8 @@ def load(
         raise UserError(f"{name_or_dir} is a bare encoder with no task head: pass task= (--task) and labels to add one")
     check_task(task)
     if saved_task and saved_task != task:
-        raise UserError(f"{name_or_dir} has a {saved_task} head, not {task}: pass --task {saved_task} or fine-tune a new head")
+        raise UserError(f"{name_or_dir} has a {saved_task} head, not {task}: pass --task {saved_task} "
+                        "or fine-tune a new head")
     path = Path(name_or_dir)
     if path.is_dir():
         _check_weights(path)
@@ -155,7 +159,8 @@ def _check_weights(path: Path) -> None:
     if (path / "pytorch_model.bin").is_file():
         raise UserError(f"{path} has only pickled weights (pytorch_model.bin), which are never unpickled here: "
                         "re-save them as safetensors (model.save_pretrained(dir, safe_serialization=True))")
-    raise UserError(f"{path} has no weights (model.safetensors): copy the weights in or give the directory a stage wrote")
+    raise UserError(f"{path} has no weights (model.safetensors): copy the weights in "
+                    "or give the directory a stage wrote")
 
 
 def layer_shapes(model: PreTrainedModel) -> dict:
@@ -172,7 +177,7 @@ def layer_shapes(model: PreTrainedModel) -> dict:
 def resize_layers(model: PreTrainedModel, shapes: dict) -> None:
     """Give each encoder layer the recorded number of heads and FFN width (fresh weights, to be loaded)."""
     hidden, head_size = model.config.hidden_size, shapes["head_size"]
-    for layer, heads, ffn in zip(model.base_model.encoder.layer, shapes["heads"], shapes["ffn"]):
+    for layer, heads, ffn in zip(model.base_model.encoder.layer, shapes["heads"], shapes["ffn"], strict=False):
         att = layer.attention.self
         width = heads * head_size
         att.query, att.key, att.value = (nn.Linear(hidden, width) for _ in range(3))

@@ -69,7 +69,8 @@ class Predictor:
     @classmethod
     def from_onnx(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None,
                   provider: str | None = None) -> Predictor:
-        """An ONNX Runtime session over an ONNX directory (model.onnx, config.json, tokenizer), checked against its config."""
+        """An ONNX Runtime session over an ONNX directory (model.onnx, config.json, tokenizer), checked against its
+        config."""
         import onnxruntime as ort
 
         path = Path(model_dir)
@@ -82,7 +83,8 @@ class Predictor:
         if threads:
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         try:
-            session = ort.InferenceSession(str(path / "model.onnx"), options, providers=onnx_providers(device, provider))
+            session = ort.InferenceSession(str(path / "model.onnx"), options,
+                                           providers=onnx_providers(device, provider))
         except Exception as e:  # noqa: BLE001  onnxruntime's Fail, InvalidProtobuf, ... derive from Exception alone
             raise UserError(f"onnxruntime cannot load {path / 'model.onnx'} ({str(e).splitlines()[0][:200]}): "
                             "re-export the model") from None
@@ -93,7 +95,7 @@ class Predictor:
         def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             feed = {k: np.asarray(batch[k], dtype=np.int64) for k in ("input_ids", "attention_mask")}
             feed.update({k: np.zeros_like(feed["input_ids"]) for k in extra})  # token_type_ids of other exporters
-            return {n: o.astype(np.float32, copy=False) for n, o in zip(names, session.run(names, feed))}
+            return {n: o.astype(np.float32, copy=False) for n, o in zip(names, session.run(names, feed), strict=True)}
 
         return cls(run, tokenizer, task, label_names_of(config, task), "onnx", session)
 
@@ -168,7 +170,7 @@ def predict(predictor: Predictor, features: Any, batch_size: int = 64) -> dict[s
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(order), batch_size):
         columns = inputs[order[start:start + batch_size].tolist()]
-        batch = collate([dict(zip(columns, values)) for values in zip(*columns.values())])
+        batch = collate([dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)])
         out = predictor({k: batch[k].numpy() for k in ("input_ids", "attention_mask")})
         for name, value in out.items():
             if value.ndim >= 2 and predictor.task != "sequence-classification":

@@ -121,7 +121,8 @@ def prepare_checkpoints(out_dir: str | Path, resume: bool) -> tuple[Path, str | 
     checkpoints = checkpoint_dir(out_dir)
     last = last_complete_checkpoint(checkpoints)
     if last and not resume:
-        raise UserError(f"{checkpoints} holds an interrupted run: pass --resume to continue it, or delete it to start over")
+        raise UserError(f"{checkpoints} holds an interrupted run: pass --resume to continue it, "
+                        "or delete it to start over")
     if resume:
         print(f"resuming from {last}" if last else f"no checkpoint in {checkpoints}: starting from the beginning")
     return checkpoints, last
@@ -147,7 +148,8 @@ def finetune(
     config: FinetuneConfig | None = None,
     tokenizer: Any = None,
 ) -> Path:
-    """Fine-tune an XLM-R (a directory, hub id or model) on task data; write the best checkpoint as a model directory."""
+    """Fine-tune an XLM-R (a directory, hub id or model) on task data; write the best checkpoint as a model
+    directory."""
     config = config or FinetuneConfig()
     task_data = as_task_data(data)
     if "train" not in task_data.splits:
@@ -168,7 +170,8 @@ def finetune(
     eval_features = encode(task_data, eval_split, tokenizer, config.max_length, config.stride, label_names=labels)
     trainer = TaskTrainer(
         model=model.train(), args=training_arguments(checkpoints, config, task_data.task),
-        train_dataset=train_features, eval_dataset=eval_features, data_collator=collator(task_data.task, tokenizer), processing_class=tokenizer,
+        train_dataset=train_features, eval_dataset=eval_features, data_collator=collator(task_data.task, tokenizer),
+        processing_class=tokenizer,
         callbacks=early_stopping(config.early_stopping),
         task_data=task_data, eval_split=eval_split, max_length=config.max_length, stride=config.stride,
     )

@@ -40,7 +40,8 @@ def select_layers(num_teacher: int, k: int | None = None, selection: str = "even
     if k is None:
         raise UserError("say how many layers the student keeps (--student-layers K) or which (--layers i j ...)")
     if not 1 <= k <= num_teacher:
-        raise UserError(f"--student-layers {k} is out of range: the teacher has {num_teacher} layers, give 1..{num_teacher}")
+        raise UserError(f"--student-layers {k} is out of range: the teacher has {num_teacher} layers, "
+                        f"give 1..{num_teacher}")
     if selection == "first":
         return list(range(k))
     if selection != "even":
@@ -60,7 +61,8 @@ def build_student(teacher: PreTrainedModel, shape: StudentShape, seed: int = 0) 
     heads = shape.heads or min(picked[0])
     ffn = shape.ffn or min(picked[1])
     hidden = shape.hidden or t_hidden
-    for name, want, have in (("heads", heads, min(picked[0])), ("ffn", ffn, min(picked[1])), ("hidden", hidden, t_hidden)):
+    for name, want, have in (("heads", heads, min(picked[0])), ("ffn", ffn, min(picked[1])),
+                             ("hidden", hidden, t_hidden)):
         if want > have:
             raise UserError(f"a student with {name} {want} is wider than its teacher ({have}): give at most {have}")
         if want < 1:

@@ -74,7 +74,8 @@ def distill(teacher: str | Path, data: TaskData | DataConfig | str, out_dir: str
     labels = runtime.label_names_of(teacher_model.config, task_data.task) or None
     train = encode(task_data, "train", tokenizer, config.max_length, config.stride, label_names=labels)
     if unlabeled is not None:
-        train = datasets.concatenate_datasets([train, encode_unlabeled(unlabeled, task_data.task, tokenizer, config, labels)])
+        train = datasets.concatenate_datasets(
+            [train, encode_unlabeled(unlabeled, task_data.task, tokenizer, config, labels)])
     train = train.add_column("row", list(range(len(train))))
     eval_split = eval_split_of(task_data, config.eval_split)
     eval_features = encode(task_data, eval_split, tokenizer, config.max_length, config.stride, label_names=labels)
@@ -159,7 +160,7 @@ class DistillTrainer(TaskTrainer):
             parts["soft"] = torch.stack([losses.soft_target_loss(s, t, w.temperature, m) for s, t, m in soft]).mean()
         if w.hard:
             gold = targets.get("labels"), targets.get("start_positions"), targets.get("end_positions")
-            pairs = zip(names, gold[1:]) if self.task == "question-answering" else [(names[0], gold[0])]
+            pairs = zip(names, gold[1:], strict=True) if self.task == "question-answering" else [(names[0], gold[0])]
             parts["hard"] = torch.stack([losses.hard_label_loss(student[n], y) for n, y in pairs]).mean()
         projection = getattr(self.accelerator.unwrap_model(model), PROJECTION, None)
         if w.hidden:

@@ -112,7 +112,8 @@ def write_onnx(model: torch.nn.Module, out_dir: Path, opset: int) -> Path:
 def save(proto: onnx.ModelProto, path: Path, precision: str | None = None) -> Path:
     """Write a graph, its weights in DATA_FILE beside it when they pass protobuf's 2 GB limit."""
     if precision:
-        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, runtime.PRECISION_KEY: precision})
+        onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                            runtime.PRECISION_KEY: precision})
     if any(n.domain == "com.microsoft" for n in proto.graph.node) and \
             not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))  # fused ONNX Runtime operators
@@ -184,7 +185,8 @@ def max_abs_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray], mask: np.nd
 
 def parity(onnx_dir: Path, model: torch.nn.Module, tokenizer: object, config: ExportConfig) -> float:
     """Max abs diff of the ONNX outputs against torch on a padded multilingual batch; raises above the tolerance."""
-    tolerance = config.tolerance if config.tolerance is not None else DEFAULT_TOLERANCE["fp16" if config.fp16 else "fp32"]
+    tolerance = (config.tolerance if config.tolerance is not None
+                 else DEFAULT_TOLERANCE["fp16" if config.fp16 else "fp32"])
     exported = runtime.Predictor.load(onnx_dir, device=config.device)
     batch = sample_batch(tokenizer, exported.task)
     reference = runtime.Predictor.from_torch(model, tokenizer)(batch)

@@ -222,14 +222,14 @@ def node_errors(fp32: Path, batches: list[dict[str, np.ndarray]], scratch: Path)
     scratch.mkdir()  # the tapped graph (and its external data) goes here, never beside the input's files
     path = export.save(proto, scratch / export.ONNX_FILE)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    runs = [dict(zip(names, session.run(names, batch))) for batch in batches]
+    runs = [dict(zip(names, session.run(names, batch), strict=True)) for batch in batches]
     shutil.rmtree(scratch)
     errors = []
     for node in nodes:
         w = onnx.numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
         wq = _fake_int8(w, axis=0)
         err = ref = 0.0
-        for run, batch in zip(runs, batches):
+        for run, batch in zip(runs, batches, strict=True):
             x = run[node.input[0]]
             if x.shape[:2] == batch["attention_mask"].shape:
                 x = x[batch["attention_mask"].astype(bool)]

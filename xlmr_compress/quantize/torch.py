@@ -23,7 +23,8 @@ DTYPES = {"torch-int8": torch.qint8, "torch-fp16": torch.float16, "torch-bf16": 
 WEIGHTS = "model.safetensors"
 
 
-def quantize_torch(model_dir: str | Path, out_dir: str | Path, mode: str = "torch-int8", overwrite: bool = False) -> Path:
+def quantize_torch(model_dir: str | Path, out_dir: str | Path, mode: str = "torch-int8",
+                   overwrite: bool = False) -> Path:
     """Write a torch model directory with int8 Linear layers (dynamic quantization) or fp16/bf16 weights."""
     artifact.check_output(out_dir, overwrite)
     with artifact.atomic_output(out_dir, overwrite) as tmp:
