@@ -85,9 +85,10 @@ def int8_floor(result, torch_ms: float) -> str:
     """The fastest the int8 model could run here: its matmul work at this machine's measured int8 matmul peak."""
     peak = {c["precision"]: c["gflop_per_s"] for c in result.ceilings}
     row = next(r for r in result.rows if r["variant"] == "ort-int8")
-    floor_ms = row["gflop_per_seq"] * row["batch"] / peak["int8"] * 1e3
+    gop = row["gflop_per_seq"] * row["batch"]
+    floor_ms = gop / peak["int8"] * 1e3
     verdict = "unreachable on this machine" if floor_ms > 0.25 * torch_ms else "reachable in principle"
-    return (f"- floor: {row['gflop_per_seq'] * row['batch']:.1f} GOP per batch at this machine's int8 matmul "
+    return (f"- floor: {gop:.1f} GOP per batch at this machine's int8 matmul "
             f"peak ({peak['int8']:.0f} GOP/s, ONNX Runtime MatMulInteger, measured in this run; fp32 torch peak "
             f"{peak['fp32']:.0f} GFLOP/s) take at least {floor_ms:.0f} ms = {floor_ms / torch_ms:.2f} x torch eager "
             f"fp32: the 0.25 target is {verdict}")

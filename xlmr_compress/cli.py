@@ -250,7 +250,8 @@ def cmd_prune(sub: argparse._SubParsersAction) -> None:
 def cmd_trim_vocab(sub: argparse._SubParsersAction) -> None:
     from .prune import TrimConfig
 
-    p = stage_parser(sub, "trim-vocab", TrimConfig, "model directory (torch)", data="optional", config_help=TRIM_HELP,
+    p = stage_parser(sub, "trim-vocab", TrimConfig, data="optional", config_help=TRIM_HELP,
+                     model_help="model directory (torch)",
                      help="keep only the vocabulary a corpus or data set uses",
                      description="Trim the tokenizer and the embedding to the pieces the text uses (special "
                                  "tokens always kept); reports the kept vocabulary, bytes saved and coverage.")
