@@ -99,7 +99,7 @@ def load_data(config: DataConfig | str, **overrides: Any) -> TaskData:
     rows = _filter_languages(rows, cfg.languages, cfg.path)
     label_names = _label_names(task, rows)
     splits = datasets.DatasetDict({
-        split: _subsample(_dataset(task, _index_labels(task, split_rows, label_names)), cfg.max_per_split, cfg.seed)
+        split: subsample(_dataset(task, _index_labels(task, split_rows, label_names)), cfg.max_per_split, cfg.seed)
         for split, split_rows in sorted(rows.items(), key=lambda item: list(SPLITS.values()).index(item[0]))
     })
     return TaskData(task, label_names, splits)
@@ -449,7 +449,7 @@ def _features(task: str, rows: list[dict]) -> datasets.Features:
     return datasets.Features({"text": string, **pair, "label": integer, "language": string})
 
 
-def _subsample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
+def subsample(ds: datasets.Dataset, n: int | None, seed: int) -> datasets.Dataset:
     """A seeded subsample of n examples that keeps each language's share; original order kept."""
     if n is None or len(ds) <= n:
         return ds

@@ -16,6 +16,7 @@ from .. import data as data_mod
 from ..errors import UserError
 from ..export import onnx as export
 from ..metrics import MAIN_METRIC
+from . import smooth as smooth_mod
 from . import torch as torch_quant
 
 ONNX_MODES = ("dynamic", "static")
@@ -32,6 +33,7 @@ class QuantizeConfig:
     per_channel: bool = True  # one int8 scale per output channel of each weight (about 5x less error)
     quantize_embeddings: bool = True  # int8 word/position tables: most of XLM-R's file size
     exclude_nodes: list[str] | None = None  # ONNX node names kept in fp32 (the warning lists the worst ones)
+    smooth_alpha: float | None = None  # SmoothQuant strength (0.5 is usual) with ranges from calibration data
     optimize: bool = False  # fuse attention/LayerNorm/GELU before quantizing (input: a torch directory)
     calibration_method: str = "minmax"  # static: minmax | entropy | percentile
     calibration_split: str = "train"
@@ -52,13 +54,14 @@ def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig 
     task_data = None if data is None else data if isinstance(data, data_mod.TaskData) else data_mod.load_data(data)
     source = Path(model_dir)
     with artifact.atomic_output(out_dir, config.overwrite) as tmp:
+        graph = None
         if config.mode in torch_quant.DTYPES:
             reference = source
             torch_quant.write_quantized(source, tmp, config.mode)
         else:
             reference = fp32_onnx(source, tmp / ".fp32", config.optimize)
-            write_int8(reference, tmp, config, task_data)
-        measured = compare(reference, tmp)
+            graph = write_int8(reference, tmp, config, task_data)
+        measured = compare(reference, tmp, graph)
         worst = [name for name, _ in measured.get("node_errors", [])[:3]]
         if task_data is not None and config.eval_split:
             measured.update(accuracy_check(source, tmp, task_data, config, worst))
@@ -68,16 +71,26 @@ def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig 
     return Path(out_dir).resolve()
 
 
-def write_int8(fp32: Path, out: Path, config: QuantizeConfig, task_data: data_mod.TaskData | None) -> Path:
-    """Write the int8 ONNX directory (graph, config, tokenizer) of an fp32 ONNX directory."""
+def write_int8(fp32: Path, out: Path, config: QuantizeConfig,
+               task_data: data_mod.TaskData | None) -> onnx.ModelProto:
+    """Write the int8 ONNX directory (graph, config, tokenizer) of an fp32 ONNX directory; return the fp32 graph that
+    was quantized (smoothed when asked)."""
     predictor = runtime.Predictor.load(fp32)
+    graph = _load(fp32)
+    needs_ranges = config.mode == "static" or config.smooth_alpha is not None
+    batches = calibration_batches(predictor, task_data, config) if needs_ranges else []
+    if config.smooth_alpha is not None:
+        graph, smoothed = smooth_mod.smooth(graph, batches, config.smooth_alpha, out / ".taps")
+        print(f"[quantize] SmoothQuant (alpha {config.smooth_alpha}): {smoothed} activations smoothed")
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(graph)  # ORT's quantizer edits the graph it is given
     if config.mode == "dynamic":
-        quantize_dynamic(fp32, out, config)
+        quantize_dynamic(quantized, out, config, _large(fp32))
     else:
-        quantize_static(fp32, out, config, calibration_batches(predictor, task_data, config))
+        quantize_static(quantized, out, config, batches, _large(fp32))
     modeling.load_config(fp32).save_pretrained(out)
     predictor.tokenizer.save_pretrained(out)
-    return out
+    return graph
 
 
 def check_config(config: QuantizeConfig, data: object) -> None:
@@ -90,6 +103,16 @@ def check_config(config: QuantizeConfig, data: object) -> None:
     if config.mode == "static" and data is None:
         raise UserError("static quantization calibrates activation ranges on data: pass --data (a slice of the "
                         "task's training data), or use --mode dynamic")
+    if config.smooth_alpha is not None:
+        if config.mode not in ONNX_MODES:
+            raise UserError(f"--smooth-alpha applies to ONNX Runtime int8 (--mode dynamic or static), not "
+                            f"{config.mode}")
+        if data is None:
+            raise UserError("SmoothQuant measures activation ranges on data: pass --data (a slice of the task's "
+                            "training data), or leave out --smooth-alpha")
+        if not 0 < config.smooth_alpha < 1:
+            raise UserError(f"--smooth-alpha {config.smooth_alpha} is out of range: give a value between 0 and 1 "
+                            "(0.5 is usual)")
     if config.calibration_size < 1 or config.batch_size < 1:
         raise UserError("--calibration-size and --batch-size must be at least 1")
 
@@ -114,20 +137,21 @@ def op_types(config: QuantizeConfig) -> list[str]:
     return ops + ["Gather"] if config.quantize_embeddings else ops
 
 
-def quantize_dynamic(fp32: Path, out: Path, config: QuantizeConfig) -> Path:
+def quantize_dynamic(graph: onnx.ModelProto, out: Path, config: QuantizeConfig, large: bool) -> Path:
     """ORT dynamic int8: int8 weights, activations quantized on the fly from each batch's range."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     path = out / export.ONNX_FILE
-    ort_quantize_dynamic(_load(fp32), str(path), op_types_to_quantize=op_types(config),
+    ort_quantize_dynamic(graph, str(path), op_types_to_quantize=op_types(config),
                          per_channel=config.per_channel, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=config.exclude_nodes or [], use_external_data_format=_large(fp32),
+                         nodes_to_exclude=config.exclude_nodes or [], use_external_data_format=large,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
     return _mark_int8(path)
 
 
-def quantize_static(fp32: Path, out: Path, config: QuantizeConfig, batches: list[dict[str, np.ndarray]]) -> Path:
+def quantize_static(graph: onnx.ModelProto, out: Path, config: QuantizeConfig, batches: list[dict[str, np.ndarray]],
+                    large: bool) -> Path:
     """ORT static int8 in QDQ format, activation ranges calibrated on task batches (MinMax, entropy, percentile)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
@@ -142,10 +166,10 @@ def quantize_static(fp32: Path, out: Path, config: QuantizeConfig, batches: list
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration_method]
     path = out / export.ONNX_FILE
-    ort_quantize_static(_load(fp32), str(path), Reader(), quant_format=QuantFormat.QDQ,
+    ort_quantize_static(graph, str(path), Reader(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=op_types(config), per_channel=config.per_channel,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=config.exclude_nodes or [], use_external_data_format=_large(fp32),
+                        nodes_to_exclude=config.exclude_nodes or [], use_external_data_format=large,
                         calibrate_method=method,
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
     return _mark_int8(path)
@@ -170,14 +194,14 @@ def _mark_int8(path: Path) -> Path:
 
 def calibration_batches(predictor: runtime.Predictor, task_data: data_mod.TaskData | None,
                         config: QuantizeConfig) -> list[dict[str, np.ndarray]]:
-    """Equal-shape input batches from the first `calibration_size` examples of the calibration split (ORT's
-    histogram calibrators stack the batches)."""
+    """Equal-shape input batches from `calibration_size` examples of the calibration split, each language in its
+    share (ORT's histogram calibrators stack the batches)."""
     split = task_data.split(config.calibration_split)
     if len(split) == 0:
         raise UserError(f"the calibration split {config.calibration_split!r} is empty: give data with examples "
                         "there, or choose another --calibration-split")
     subset = data_mod.TaskData(task_data.task, task_data.label_names,
-                               {"calibration": split.select(range(min(config.calibration_size, len(split))))})
+                               {"calibration": data_mod.subsample(split, config.calibration_size, seed=0)})
     features = data_mod.encode(subset, "calibration", predictor.tokenizer, config.max_length,
                                label_names=predictor.label_names or None)
     width, size = max(features["length"]), min(config.batch_size, len(features))
@@ -193,37 +217,28 @@ def calibration_batches(predictor: runtime.Predictor, task_data: data_mod.TaskDa
     return batches
 
 
-def compare(reference: Path, quantized: Path) -> dict:
+def compare(reference: Path, quantized: Path, graph: onnx.ModelProto | None = None) -> dict:
     """Size and output error of a quantized directory against its reference on the padded multilingual check batch;
-    for ONNX, also the nodes whose int8 error is largest (the ones to keep in fp32 if accuracy suffers)."""
+    given the fp32 graph that was quantized, also its nodes whose int8 error is largest (the ones to keep in fp32 if
+    accuracy suffers)."""
     ref = runtime.Predictor.load(reference)
     batch = export.sample_batch(ref.tokenizer, ref.task)
     out = runtime.Predictor.load(quantized)(batch)
     measured = {"reference_bytes": artifact.size_on_disk(reference),
                 "size_ratio": artifact.size_on_disk(quantized) / artifact.size_on_disk(reference),
                 "max_abs_diff": export.max_abs_diff(out, ref(batch), batch["attention_mask"])}
-    if ref.backend == "onnx":
-        measured["node_errors"] = node_errors(reference, [batch], quantized / ".taps")[:REPORTED_NODES]
+    if graph is not None:
+        measured["node_errors"] = node_errors(graph, [batch], quantized / ".taps")[:REPORTED_NODES]
     return measured
 
 
-def node_errors(fp32: Path, batches: list[dict[str, np.ndarray]], scratch: Path) -> list[tuple[str, float]]:
+def node_errors(graph: onnx.ModelProto, batches: list[dict[str, np.ndarray]],
+                scratch: Path) -> list[tuple[str, float]]:
     """Relative output error int8 alone would give each weight MatMul (per-channel int8 weights, per-batch int8
     activations), worst first: outlier activations, the usual cause of XLM-R int8 collapses, show up here."""
-    import onnxruntime as ort
-
-    proto = _load(fp32)
-    weights = {t.name: t for t in proto.graph.initializer}
-    nodes = [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    names = list(dict.fromkeys(n.input[0] for n in nodes))
-    outputs = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                              for name in names if name not in outputs)
-    scratch.mkdir()  # the tapped graph (and its external data) goes here, never beside the input's files
-    path = export.save(proto, scratch / export.ONNX_FILE)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    runs = [dict(zip(names, session.run(names, batch), strict=True)) for batch in batches]
-    shutil.rmtree(scratch)
+    weights = {t.name: t for t in graph.graph.initializer}
+    nodes = smooth_mod.weight_matmuls(graph)
+    runs = smooth_mod.tap(graph, list(dict.fromkeys(n.input[0] for n in nodes)), batches, scratch)
     errors = []
     for node in nodes:
         w = onnx.numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
