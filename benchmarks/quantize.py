@@ -95,17 +95,18 @@ def int8_floor(result, torch_ms: float) -> str:
 
 
 def quality(workdir: Path, teacher: Path, data_path: str, calibration_size: int, per_split: int | None,
-            method: str, alpha: float) -> str:
+            method: str, keep: int) -> str:
     """Main metric, overall and per language, of the teacher in fp32 and ORT fp32/int8 (dynamic and static, each
-    with and without SmoothQuant) on the test split."""
+    plain and with its `keep` most int8-sensitive MatMuls left in fp32) on the test split."""
     data = load_data(DataConfig(data_path, max_per_split=per_split))
     ort_fp32 = build(workdir / "teacher-ort-fp32", lambda out: export_onnx(teacher, out))
     variants = [teacher, ort_fp32]
     for mode in ("dynamic", "static"):
-        for smooth in (None, alpha):
+        for kept in (0, keep):
             config = QuantizeConfig(mode=mode, calibration_size=calibration_size, calibration_method=method,
-                                    smooth_alpha=smooth, eval_split=None)
-            name = f"teacher-int8-{mode}" + ("" if mode == "dynamic" else f"-{method}") + ("-smooth" if smooth else "")
+                                    keep_fp32=kept, eval_split=None)
+            name = (f"teacher-int8-{mode}" + ("" if mode == "dynamic" else f"-{method}")
+                    + (f"-keep{kept}" if kept else ""))
             variants.append(build(workdir / name, lambda out, c=config: quantize(ort_fp32, out, c, data)))
     config = BenchConfig(batch_sizes=[1], seq_lengths=[128], threads=[2], warmup=2, repeats=10, memory=False,
                          data_lengths=False)
@@ -118,9 +119,10 @@ def quality(workdir: Path, teacher: Path, data_path: str, calibration_size: int,
     columns = COLUMNS[:3] + ("size_mib", "size_ratio", "p50_ms", result.metric, f"{result.metric}_delta")
     summary = [{k: r.get(k) for k in columns} for r in result.summary()]
     return (f"Teacher `{teacher}` (e5-small fine-tuned on SIB-200), `{data_path}` {result.task_summary}; "
-            f"calibration (static ranges, QDQ; SmoothQuant's channel ranges) on {calibration_size} train examples "
-            f"sampled across the languages; `-smooth` = SmoothQuant with alpha {alpha}; every int8 variant is "
-            "per-channel with int8 embeddings; latency at batch 1, 128 tokens, 2 threads.\n\n"
+            f"{calibration_size} train examples sampled across the languages calibrate static int8 ({method}, QDQ) and "
+            f"rank the MatMuls by int8 error per token; `-keep{keep}` = the {keep} worst kept in fp32 (`--keep-fp32 "
+            f"{keep}`); every int8 variant is per-channel with int8 embeddings; latency at batch 1, 128 tokens, 2 "
+            "threads.\n\n"
             + markdown_table(summary) + "\n\n" + "\n".join(checks) + f"\n\n{result.metric} per language:\n\n"
             + markdown_table(result.per_language()))
 
@@ -134,7 +136,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "data" / "sib200"), help="task data (quality)")
     ap.add_argument("--calibration-size", type=int, default=128, help="train examples calibrating static int8")
     ap.add_argument("--calibration-method", default="minmax", help="static int8: minmax, entropy or percentile")
-    ap.add_argument("--smooth-alpha", type=float, default=0.5, help="SmoothQuant strength of the -smooth variants")
+    ap.add_argument("--keep-fp32", type=int, default=4, help="MatMuls the -keep variants leave in fp32")
     ap.add_argument("--max-per-split", type=int, help="examples per split, stratified by language (default: all)")
     a = ap.parse_args()
     workdir = Path(a.workdir)
@@ -144,7 +146,7 @@ def main() -> None:
         update_section("quantize-latency", "Quantization: int8 latency and size (xlm-roberta-base shape)", body)
     else:
         body = quality(workdir, Path(a.teacher), a.data, a.calibration_size, a.max_per_split, a.calibration_method,
-                       a.smooth_alpha)
+                       a.keep_fp32)
         update_section("quantize-quality", "Quantization: int8 accuracy on SIB-200 (teacher)", body)
     print(body)
 

@@ -9,11 +9,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from safetensors.torch import load_file, save_file
 
 from xlmr_compress import UserError, artifact, runtime
 from xlmr_compress.export import onnx as export
 from xlmr_compress.modeling import save_tiny
-from xlmr_compress.quantize.onnx import QuantizeConfig, quantize
+from xlmr_compress.quantize.onnx import QuantizeConfig, node_errors, quantize
 
 SIB_LANGUAGES = ["eng_Latn", "fra_Latn", "zho_Hans"]
 WIDE = {"hidden_size": 128, "intermediate_size": 512}  # wide enough that weights, not graph bookkeeping, fill the file
@@ -87,6 +88,33 @@ def test_embeddings_can_stay_fp32_and_nodes_can_be_excluded(onnx_dir: Path, tmp_
     assert artifact.size_on_disk(with_gather) < artifact.size_on_disk(out)
 
 
+@pytest.fixture
+def outlier_onnx(tmp_path: Path) -> Path:
+    """A tiny classifier whose layer-0 output has one channel 40x larger than the rest: every token's layer-1 input
+    then gets a coarse int8 step, as XLM-R's outlier activations give it."""
+    src = save_tiny(tmp_path / "src", "sequence-classification", 3, hidden_size=64, intermediate_size=128)
+    weights = load_file(src / "model.safetensors")
+    for part in ("weight", "bias"):
+        weights[f"roberta.encoder.layer.0.output.LayerNorm.{part}"][7] *= 40
+    save_file(weights, src / "model.safetensors", metadata={"format": "pt"})
+    return export.export_onnx(src, tmp_path / "fp32")
+
+
+def test_keep_fp32_keeps_the_nodes_the_outlier_hurts(outlier_onnx: Path, tmp_path: Path) -> None:
+    layer1 = {f"/roberta/encoder/layer.1/attention/self/{part}/MatMul" for part in ("query", "key", "value")}
+    predictor = runtime.Predictor.load(outlier_onnx)
+    batch = export.sample_batch(predictor.tokenizer, predictor.task)
+    errors = node_errors(onnx.load(str(outlier_onnx / "model.onnx")), [batch], tmp_path / "taps")
+    assert {name for name, _ in errors[:3]} == layer1 and errors[2][1] > 2 * errors[3][1]
+    assert not (tmp_path / "taps").exists()
+    plain = quantize(outlier_onnx, tmp_path / "plain", QuantizeConfig())
+    kept = quantize(outlier_onnx, tmp_path / "kept", QuantizeConfig(keep_fp32=3))
+    graph = onnx.load(str(kept / "model.onnx")).graph
+    assert {n.name for n in graph.node if n.op_type == "MatMul"} >= layer1
+    assert set(last_stage(kept)["measured"]["kept_fp32"]) == layer1
+    assert last_stage(kept)["measured"]["max_abs_diff"] < last_stage(plain)["measured"]["max_abs_diff"]
+
+
 @pytest.mark.parametrize("method", ["minmax", "entropy"])
 def test_static_int8_calibrated_on_real_data(tmp_path: Path, sib, method: str) -> None:
     src = sib_model(tmp_path, sib.label_names)
@@ -124,6 +152,9 @@ def test_refuses_bad_requests(onnx_dir: Path, tmp_path: Path) -> None:
         quantize(onnx_dir, tmp_path / "q", QuantizeConfig(mode="static"))
     with pytest.raises(UserError, match="unknown quantization mode"):
         quantize(onnx_dir, tmp_path / "q", QuantizeConfig(mode="int4"))
+    for bad in (QuantizeConfig(keep_fp32=-1), QuantizeConfig(mode="torch-int8", keep_fp32=2)):
+        with pytest.raises(UserError, match="--keep-fp32 .* does not apply"):
+            quantize(onnx_dir, tmp_path / "q", bad)
     int8 = quantize(onnx_dir, tmp_path / "int8")
     with pytest.raises(UserError, match="already int8"):
         quantize(int8, tmp_path / "q")

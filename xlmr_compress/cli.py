@@ -282,13 +282,13 @@ QUANTIZE_HELP = {
     "quantize_embeddings": "int8 word/position embedding tables, most of XLM-R's size (--no-quantize-embeddings "
                            "keeps them fp32)",
     "exclude_nodes": "ONNX node names kept in fp32 (a warning names the worst ones when accuracy drops)",
-    "smooth_alpha": "SmoothQuant: move activation outliers into the weights before int8, with this strength (0.5 is "
-                    "usual; needs --data for the activation ranges)",
+    "keep_fp32": "also keep in fp32 the N weight MatMuls with the largest int8 error per token (ranked on "
+                 "--data's calibration examples, or a built-in sample)",
     "optimize": "fuse attention/LayerNorm/GELU before quantizing (when MODEL is a torch directory)",
     "calibration_method": "static: minmax, entropy or percentile activation ranges",
-    "calibration_split": "split of --data sampled (each language in its share) to calibrate static int8 and "
-                         "SmoothQuant",
-    "calibration_size": "examples used to calibrate static int8 and SmoothQuant",
+    "calibration_split": "split of --data sampled (each language in its share) to calibrate static int8 and rank "
+                         "nodes for --keep-fp32",
+    "calibration_size": "examples used to calibrate static int8 and rank nodes for --keep-fp32",
     "eval_split": "split of --data on which source and quantized model are compared",
     "max_drop": "warn when the main metric falls by more than this (0.01 = 1 point)",
     "max_length": "tokens per sequence for calibration and the accuracy check",

@@ -16,7 +16,6 @@ from .. import data as data_mod
 from ..errors import UserError
 from ..export import onnx as export
 from ..metrics import MAIN_METRIC
-from . import smooth as smooth_mod
 from . import torch as torch_quant
 
 ONNX_MODES = ("dynamic", "static")
@@ -33,7 +32,7 @@ class QuantizeConfig:
     per_channel: bool = True  # one int8 scale per output channel of each weight (about 5x less error)
     quantize_embeddings: bool = True  # int8 word/position tables: most of XLM-R's file size
     exclude_nodes: list[str] | None = None  # ONNX node names kept in fp32 (the warning lists the worst ones)
-    smooth_alpha: float | None = None  # SmoothQuant strength (0.5 is usual) with ranges from calibration data
+    keep_fp32: int = 0  # also keep in fp32 the N weight MatMuls whose int8 error is largest (ranked on the data)
     optimize: bool = False  # fuse attention/LayerNorm/GELU before quantizing (input: a torch directory)
     calibration_method: str = "minmax"  # static: minmax | entropy | percentile
     calibration_split: str = "train"
@@ -54,15 +53,16 @@ def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig 
     task_data = None if data is None else data if isinstance(data, data_mod.TaskData) else data_mod.load_data(data)
     source = Path(model_dir)
     with artifact.atomic_output(out_dir, config.overwrite) as tmp:
-        graph = None
         if config.mode in torch_quant.DTYPES:
             reference = source
             torch_quant.write_quantized(source, tmp, config.mode)
+            measured = compare(reference, tmp)
         else:
             reference = fp32_onnx(source, tmp / ".fp32", config.optimize)
-            graph = write_int8(reference, tmp, config, task_data)
-        measured = compare(reference, tmp, graph)
-        worst = [name for name, _ in measured.get("node_errors", [])[:3]]
+            errors, kept = write_int8(reference, tmp, config, task_data)
+            measured = {**compare(reference, tmp), "node_errors": errors[:REPORTED_NODES], "kept_fp32": kept}
+        kept = measured.get("kept_fp32", [])
+        worst = [name for name, _ in measured.get("node_errors", []) if name not in kept][:3]
         if task_data is not None and config.eval_split:
             measured.update(accuracy_check(source, tmp, task_data, config, worst))
         if reference != source:
@@ -72,25 +72,25 @@ def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig 
 
 
 def write_int8(fp32: Path, out: Path, config: QuantizeConfig,
-               task_data: data_mod.TaskData | None) -> onnx.ModelProto:
-    """Write the int8 ONNX directory (graph, config, tokenizer) of an fp32 ONNX directory; return the fp32 graph that
-    was quantized (smoothed when asked)."""
+               task_data: data_mod.TaskData | None) -> tuple[list[tuple[str, float]], list[str]]:
+    """Write the int8 ONNX directory (graph, config, tokenizer) of an fp32 ONNX directory; return every weight
+    MatMul's int8 error, worst first (measured on calibration data when given), and the nodes kept in fp32."""
     predictor = runtime.Predictor.load(fp32)
-    graph = _load(fp32)
-    needs_ranges = config.mode == "static" or config.smooth_alpha is not None
-    batches = calibration_batches(predictor, task_data, config) if needs_ranges else []
-    if config.smooth_alpha is not None:
-        graph, smoothed = smooth_mod.smooth(graph, batches, config.smooth_alpha, out / ".taps")
-        print(f"[quantize] SmoothQuant (alpha {config.smooth_alpha}): {smoothed} activations smoothed")
-    quantized = onnx.ModelProto()
-    quantized.CopyFrom(graph)  # ORT's quantizer edits the graph it is given
+    calibrate = config.mode == "static" or (task_data is not None and len(task_data.splits.get(
+        config.calibration_split, [])) > 0)  # dynamic int8 ranks nodes on calibration data when there is some
+    batches = calibration_batches(predictor, task_data, config) if calibrate else []
+    errors = node_errors(_load(fp32), batches or [export.sample_batch(predictor.tokenizer, predictor.task)],
+                         out / ".taps")
+    kept = list(dict.fromkeys([*(config.exclude_nodes or []), *(name for name, _ in errors[:config.keep_fp32])]))
+    if config.keep_fp32:
+        print(f"[quantize] kept in fp32, largest int8 error first: {', '.join(kept)}")
     if config.mode == "dynamic":
-        quantize_dynamic(quantized, out, config, _large(fp32))
+        quantize_dynamic(fp32, out, config, kept)
     else:
-        quantize_static(quantized, out, config, batches, _large(fp32))
+        quantize_static(fp32, out, config, batches, kept)
     modeling.load_config(fp32).save_pretrained(out)
     predictor.tokenizer.save_pretrained(out)
-    return graph
+    return errors, kept
 
 
 def check_config(config: QuantizeConfig, data: object) -> None:
@@ -103,16 +103,9 @@ def check_config(config: QuantizeConfig, data: object) -> None:
     if config.mode == "static" and data is None:
         raise UserError("static quantization calibrates activation ranges on data: pass --data (a slice of the "
                         "task's training data), or use --mode dynamic")
-    if config.smooth_alpha is not None:
-        if config.mode not in ONNX_MODES:
-            raise UserError(f"--smooth-alpha applies to ONNX Runtime int8 (--mode dynamic or static), not "
-                            f"{config.mode}")
-        if data is None:
-            raise UserError("SmoothQuant measures activation ranges on data: pass --data (a slice of the task's "
-                            "training data), or leave out --smooth-alpha")
-        if not 0 < config.smooth_alpha < 1:
-            raise UserError(f"--smooth-alpha {config.smooth_alpha} is out of range: give a value between 0 and 1 "
-                            "(0.5 is usual)")
+    if config.keep_fp32 < 0 or (config.keep_fp32 and config.mode not in ONNX_MODES):
+        raise UserError(f"--keep-fp32 {config.keep_fp32} does not apply: give a count of nodes (at least 0) with "
+                        "ONNX Runtime int8 (--mode dynamic or static)")
     if config.calibration_size < 1 or config.batch_size < 1:
         raise UserError("--calibration-size and --batch-size must be at least 1")
 
@@ -137,21 +130,21 @@ def op_types(config: QuantizeConfig) -> list[str]:
     return ops + ["Gather"] if config.quantize_embeddings else ops
 
 
-def quantize_dynamic(graph: onnx.ModelProto, out: Path, config: QuantizeConfig, large: bool) -> Path:
+def quantize_dynamic(fp32: Path, out: Path, config: QuantizeConfig, exclude: list[str]) -> Path:
     """ORT dynamic int8: int8 weights, activations quantized on the fly from each batch's range."""
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization import quantize_dynamic as ort_quantize_dynamic
 
     path = out / export.ONNX_FILE
-    ort_quantize_dynamic(graph, str(path), op_types_to_quantize=op_types(config),
+    ort_quantize_dynamic(_load(fp32), str(path), op_types_to_quantize=op_types(config),
                          per_channel=config.per_channel, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=config.exclude_nodes or [], use_external_data_format=large,
+                         nodes_to_exclude=exclude, use_external_data_format=_large(fp32),
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
     return _mark_int8(path)
 
 
-def quantize_static(graph: onnx.ModelProto, out: Path, config: QuantizeConfig, batches: list[dict[str, np.ndarray]],
-                    large: bool) -> Path:
+def quantize_static(fp32: Path, out: Path, config: QuantizeConfig, batches: list[dict[str, np.ndarray]],
+                    exclude: list[str]) -> Path:
     """ORT static int8 in QDQ format, activation ranges calibrated on task batches (MinMax, entropy, percentile)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
@@ -166,10 +159,10 @@ def quantize_static(graph: onnx.ModelProto, out: Path, config: QuantizeConfig, b
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.calibration_method]
     path = out / export.ONNX_FILE
-    ort_quantize_static(graph, str(path), Reader(), quant_format=QuantFormat.QDQ,
+    ort_quantize_static(_load(fp32), str(path), Reader(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=op_types(config), per_channel=config.per_channel,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=config.exclude_nodes or [], use_external_data_format=large,
+                        nodes_to_exclude=exclude, use_external_data_format=_large(fp32),
                         calibrate_method=method,
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
     return _mark_int8(path)
@@ -217,42 +210,66 @@ def calibration_batches(predictor: runtime.Predictor, task_data: data_mod.TaskDa
     return batches
 
 
-def compare(reference: Path, quantized: Path, graph: onnx.ModelProto | None = None) -> dict:
-    """Size and output error of a quantized directory against its reference on the padded multilingual check batch;
-    given the fp32 graph that was quantized, also its nodes whose int8 error is largest (the ones to keep in fp32 if
-    accuracy suffers)."""
+def compare(reference: Path, quantized: Path) -> dict:
+    """Size and output error of a quantized directory against its reference on the padded multilingual check batch."""
     ref = runtime.Predictor.load(reference)
     batch = export.sample_batch(ref.tokenizer, ref.task)
     out = runtime.Predictor.load(quantized)(batch)
     measured = {"reference_bytes": artifact.size_on_disk(reference),
                 "size_ratio": artifact.size_on_disk(quantized) / artifact.size_on_disk(reference),
                 "max_abs_diff": export.max_abs_diff(out, ref(batch), batch["attention_mask"])}
-    if graph is not None:
-        measured["node_errors"] = node_errors(graph, [batch], quantized / ".taps")[:REPORTED_NODES]
     return measured
+
+
+def weight_matmuls(graph: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """MatMul nodes whose second input is a constant weight: the ones int8 quantizes."""
+    weights = {t.name for t in graph.graph.initializer}
+    return [n for n in graph.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+
+
+def tap(graph: onnx.ModelProto, names: list[str], batches: list[dict[str, np.ndarray]],
+        scratch: Path) -> list[dict[str, np.ndarray]]:
+    """Values of the named intermediate tensors on each batch, from a copy of the graph that outputs them."""
+    import onnxruntime as ort
+
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(graph)
+    outputs = {o.name for o in tapped.graph.output}
+    tapped.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                               for name in names if name not in outputs)
+    scratch.mkdir()  # the tapped graph (and its external data) goes here, never beside the input's files
+    try:
+        session = ort.InferenceSession(str(export.save(tapped, scratch / export.ONNX_FILE)),
+                                       providers=["CPUExecutionProvider"])
+        return [dict(zip(names, session.run(names, batch), strict=True)) for batch in batches]
+    finally:
+        shutil.rmtree(scratch)
 
 
 def node_errors(graph: onnx.ModelProto, batches: list[dict[str, np.ndarray]],
                 scratch: Path) -> list[tuple[str, float]]:
-    """Relative output error int8 alone would give each weight MatMul (per-channel int8 weights, per-batch int8
-    activations), worst first: outlier activations, the usual cause of XLM-R int8 collapses, show up here."""
+    """Each weight MatMul's output error under int8 alone (per-channel int8 weights, per-batch int8 activations),
+    relative to the output's norm per token and averaged over real tokens, worst first. Per token, because a few
+    tokens with huge activations (XLM-R's <s>) widen the int8 step for all the others, whose error a norm over the
+    whole tensor would hide; these are the nodes to keep in fp32."""
     weights = {t.name: t for t in graph.graph.initializer}
-    nodes = smooth_mod.weight_matmuls(graph)
-    runs = smooth_mod.tap(graph, list(dict.fromkeys(n.input[0] for n in nodes)), batches, scratch)
+    nodes = weight_matmuls(graph)
+    runs = tap(graph, list(dict.fromkeys(n.input[0] for n in nodes)), batches, scratch)
     errors = []
     for node in nodes:
         w = onnx.numpy_helper.to_array(weights[node.input[1]]).astype(np.float32)
         wq = _fake_int8(w, axis=0)
-        err = ref = 0.0
+        per_token = []
         for run, batch in zip(runs, batches, strict=True):
             x = run[node.input[0]]
+            xq = _fake_uint8(x)
             if x.shape[:2] == batch["attention_mask"].shape:
-                x = x[batch["attention_mask"].astype(bool)]
-            x = x.reshape(-1, w.shape[0])
+                real = batch["attention_mask"].astype(bool)
+                x, xq = x[real], xq[real]
+            x, xq = x.reshape(-1, w.shape[0]), xq.reshape(-1, w.shape[0])
             y = x @ w
-            err += float(np.square(_fake_uint8(x) @ wq - y).sum())
-            ref += float(np.square(y).sum())
-        errors.append((node.name, float(np.sqrt(err / max(ref, 1e-30)))))
+            per_token.append(np.linalg.norm(xq @ wq - y, axis=1) / np.maximum(np.linalg.norm(y, axis=1), 1e-12))
+        errors.append((node.name, float(np.concatenate(per_token).mean())))
     return sorted(errors, key=lambda e: -e[1])
 
 
@@ -279,7 +296,8 @@ def accuracy_check(source: Path, quantized: Path, task_data: data_mod.TaskData, 
     after = runtime.evaluate(quantized, task_data, config.eval_split, config.batch_size, config.max_length)
     drop = before["overall"][metric] - after["overall"][metric]
     if drop > config.max_drop:
-        advice = (f"keep the nodes with the largest int8 error in fp32 with --exclude-nodes {' '.join(worst_nodes)}"
+        advice = (f"keep the nodes with the largest int8 error in fp32 with --keep-fp32 {config.keep_fp32 + 4}, or "
+                  f"name them with --exclude-nodes {' '.join(worst_nodes)}"
                   if worst_nodes else "try ONNX Runtime int8 (--mode dynamic) with --exclude-nodes, or fp16")
         warnings.warn(f"quantization lost {drop * 100:.1f} points of {metric} on {config.eval_split} "
                       f"({before['overall'][metric]:.4f} -> {after['overall'][metric]:.4f}, more than --max-drop "
