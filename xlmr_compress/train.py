@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from . import artifact, modeling, runtime
 from .data import DataConfig, TaskData, collator, encode, load_data
@@ -159,7 +159,6 @@ def finetune(
     parent = None
     if isinstance(model, (str, Path)):
         parent = model
-        set_seed(config.seed)  # a new task head is initialised at load: the seed must cover it, not only training
         model, tokenizer = modeling.load(model, task_data.task, label_names=task_data.label_names)
     elif tokenizer is None:
         raise UserError("finetune() with a model object needs its tokenizer too: pass tokenizer=")
