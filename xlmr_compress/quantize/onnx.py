@@ -56,13 +56,12 @@ def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig 
         if config.mode in torch_quant.DTYPES:
             reference = source
             torch_quant.write_quantized(source, tmp, config.mode)
-            measured = compare(reference, tmp)
+            measured, worst = compare(reference, tmp), []
         else:
             reference = fp32_onnx(source, tmp / ".fp32", config.optimize)
             errors, kept = write_int8(reference, tmp, config, task_data)
             measured = {**compare(reference, tmp), "node_errors": errors[:REPORTED_NODES], "kept_fp32": kept}
-        kept = measured.get("kept_fp32", [])
-        worst = [name for name, _ in measured.get("node_errors", []) if name not in kept][:3]
+            worst = [name for name, _ in errors if name not in kept][:3]
         if task_data is not None and config.eval_split:
             measured.update(accuracy_check(source, tmp, task_data, config, worst))
         if reference != source:
