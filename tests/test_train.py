@@ -37,6 +37,30 @@ def test_finetune_learns_and_records_lineage(tiny_encoder: Path, toy_data: Path,
     assert not (tmp_path / "out.checkpoints").exists()
 
 
+def test_same_seed_same_model(tiny_encoder: Path, toy_data: Path, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    config = FinetuneConfig(**{**FAST, "epochs": 1}, seed=3)
+    runs = [load_file(finetune(tiny_encoder, str(toy_data), tmp_path / f"run{i}", config) / "model.safetensors")
+            for i in range(2)]
+    assert runs[0].keys() == runs[1].keys() and any("classifier" in k for k in runs[0])
+    assert all(runs[0][k].equal(runs[1][k]) for k in runs[0])  # the new head's initialisation included
+
+
+def test_head_learning_rate_trains_the_head_alone_when_the_encoder_rate_is_zero(tiny_encoder: Path, toy_data: Path,
+                                                                                tmp_path: Path):
+    from safetensors.torch import load_file
+
+    runs = {lr: load_file(finetune(tiny_encoder, str(toy_data), tmp_path / f"head{lr}",
+                                   FinetuneConfig(**{**FAST, "epochs": 1, "learning_rate": 0.0},
+                                                  head_learning_rate=lr)) / "model.safetensors")
+            for lr in (None, 1e-2)}
+    frozen, trained = runs[None], runs[1e-2]
+    head = [k for k in frozen if k.startswith("classifier.")]
+    assert head and not any(frozen[k].equal(trained[k]) for k in head)
+    assert all(frozen[k].equal(trained[k]) for k in frozen if k not in head)
+
+
 def test_output_checked_before_training(tiny_encoder: Path, toy_data: Path, tmp_path: Path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")

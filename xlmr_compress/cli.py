@@ -18,6 +18,8 @@ HELP = {
     "epochs": "training epochs (fractions allowed)",
     "batch_size": "examples per device per step",
     "learning_rate": "peak learning rate (linear warm-up, then linear decay)",
+    "head_learning_rate": "peak learning rate of the task head (default: --learning-rate); a new head learns "
+                          "faster at a higher rate than the pretrained encoder tolerates",
     "weight_decay": "AdamW weight decay",
     "warmup": "fraction of the training steps spent warming up the learning rate",
     "max_length": "tokens per sequence; longer texts are truncated with a warning (at most 512)",

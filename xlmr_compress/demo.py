@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import data as data_mod
+from .artifact import read_lineage
+from .errors import UserError
 from .metrics import MAIN_METRIC, compute_metrics
 
 # 4,000 training utterances, short sequences, 2 epochs, a student trained on cached teacher outputs, one recovery
@@ -18,6 +20,7 @@ TEACHER_CONFIG = dict(epochs=2, batch_size=32, learning_rate=2e-4, max_length=48
                       logging_steps=50, resume=True)
 DISTILL_CONFIG = dict(student_layers=6, epochs=2, batch_size=32, learning_rate=2e-4, max_length=48, preset="fast",
                       cache_teacher=True, freeze_embeddings=True, seed=0, logging_steps=100, resume=True)
+TEACHER_MARGIN = 0.2  # in the main metric, over the majority class: what "clearly beats the baseline" means
 BENCH_CONFIG = dict(batch_sizes=[1, 16], seq_lengths=[], warmup=2, repeats=10)
 PRUNE_CONFIG = dict(heads=0.3, ffn=0.4, importance_batches=8, recover=True, recover_epochs=1,
                     recover_learning_rate=2e-4, max_length=48)
@@ -43,6 +46,16 @@ def majority_baseline(data: data_mod.TaskData, split: str = "test") -> dict:
     return compute_metrics(data.task, [majority] * len(gold), gold, data.splits[split]["language"][:], data.label_names)
 
 
+def check_teacher(teacher: Path, data: data_mod.TaskData, margin: float = TEACHER_MARGIN) -> None:
+    """Stop before compressing a teacher that did not clearly beat the majority class on the test split."""
+    metric = MAIN_METRIC[data.task]
+    got = read_lineage(teacher)["stages"][-1]["measured"]["test"]["overall"][metric]
+    baseline = majority_baseline(data)["overall"][metric]
+    if got < baseline + margin:
+        raise UserError(f"the demo teacher did not learn: test {metric} {got:.4f} against {baseline:.4f} for the "
+                        f"majority class (needs +{margin}); delete {teacher} to train it again")
+
+
 def run_demo(workdir: Path) -> dict:
     """Fine-tune, evaluate and compress on the embedded default; print a summary table; return the figures."""
     from .bench import BenchConfig, bench
@@ -60,6 +73,7 @@ def run_demo(workdir: Path) -> dict:
           + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()))
     encoder = stage(workdir, "e5-small", lambda out: convert(out))
     teacher = stage(workdir, "teacher", lambda out: finetune(encoder, data, out, FinetuneConfig(**TEACHER_CONFIG)))
+    check_teacher(teacher, data)
     student = stage(workdir, "student", lambda out: distill(teacher, data, out, DistillConfig(**DISTILL_CONFIG)))
     pruned = stage(workdir, "pruned", lambda out: prune(teacher, out, PruneConfig(**PRUNE_CONFIG), data=data))
     trimmed = stage(workdir, "trimmed", lambda out: trim_vocab(pruned, out, TrimConfig(), data=data))

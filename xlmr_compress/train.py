@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
 from . import artifact, modeling, runtime
 from .data import DataConfig, TaskData, collator, encode, load_data
@@ -24,6 +24,7 @@ class FinetuneConfig:
     epochs: float = 3.0
     batch_size: int = 32
     learning_rate: float = 5e-5
+    head_learning_rate: float | None = None  # of the task head, which starts from random weights
     weight_decay: float = 0.01
     warmup: float = 0.1  # fraction of the training steps
     max_length: int = 128
@@ -81,9 +82,28 @@ def training_arguments(checkpoints: Path, config: Any, task: str, **extra: Any) 
 class TaskTrainer(Trainer):
     """A Trainer whose evaluation decodes predictions per example (spans, words, answers) and breaks them down."""
 
-    def __init__(self, *args: Any, task_data: TaskData, eval_split: str, max_length: int, stride: int, **kwargs: Any):
+    def __init__(self, *args: Any, task_data: TaskData, eval_split: str, max_length: int, stride: int,
+                 head_learning_rate: float | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.task_data, self.eval_split, self.max_length, self.stride = task_data, eval_split, max_length, stride
+        self.head_learning_rate = head_learning_rate
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        """Trainer's AdamW, with the task head's parameters in groups of their own at head_learning_rate if set."""
+        optimizer = super().create_optimizer(model)
+        head_lr = self.head_learning_rate
+        if head_lr is None:
+            return optimizer
+        encoder = {id(p) for p in self.accelerator.unwrap_model(self.model).base_model.parameters()}
+        groups = [{**group, "params": params, "lr": lr}
+                  for group in optimizer.param_groups
+                  for params, lr in (([p for p in group["params"] if id(p) in encoder], group["lr"]),
+                                     ([p for p in group["params"] if id(p) not in encoder], head_lr))
+                  if params]
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
 
     def evaluate(self, eval_dataset: Any = None, ignore_keys: Any = None, metric_key_prefix: str = "eval") -> dict:
         model = self.accelerator.unwrap_model(self.model)
@@ -159,6 +179,7 @@ def finetune(
     parent = None
     if isinstance(model, (str, Path)):
         parent = model
+        set_seed(config.seed)  # a new task head is initialised at load: the seed must cover it, not only training
         model, tokenizer = modeling.load(model, task_data.task, label_names=task_data.label_names)
     elif tokenizer is None:
         raise UserError("finetune() with a model object needs its tokenizer too: pass tokenizer=")
@@ -174,6 +195,7 @@ def finetune(
         processing_class=tokenizer,
         callbacks=early_stopping(config.early_stopping),
         task_data=task_data, eval_split=eval_split, max_length=config.max_length, stride=config.stride,
+        head_learning_rate=config.head_learning_rate,
     )
     trainer.train(resume_from_checkpoint=last)
     if trainer.is_world_process_zero():

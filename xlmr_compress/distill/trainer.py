@@ -89,7 +89,7 @@ def distill(teacher: str | Path, data: TaskData | DataConfig | str, out_dir: str
         model=student.train(), args=args, train_dataset=train, eval_dataset=eval_features,
         data_collator=RowCollator(collator(task_data.task, tokenizer)), processing_class=tokenizer,
         callbacks=early_stopping(config.early_stopping), task_data=task_data, eval_split=eval_split,
-        max_length=config.max_length, stride=config.stride,
+        max_length=config.max_length, stride=config.stride, head_learning_rate=config.head_learning_rate,
         teacher=teacher_model, weights=weights, layers=layers, cache=cache,
     )
     trainer.train(resume_from_checkpoint=last)
