@@ -91,14 +91,13 @@ class TaskTrainer(Trainer):
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         """Trainer's AdamW, with the task head's parameters in groups of their own at head_learning_rate if set."""
         optimizer = super().create_optimizer(model)
-        head_lr = self.head_learning_rate
-        if head_lr is None:
+        if self.head_learning_rate is None:
             return optimizer
         encoder = {id(p) for p in self.accelerator.unwrap_model(self.model).base_model.parameters()}
         groups = [{**group, "params": params, "lr": lr}
                   for group in optimizer.param_groups
                   for params, lr in (([p for p in group["params"] if id(p) in encoder], group["lr"]),
-                                     ([p for p in group["params"] if id(p) not in encoder], head_lr))
+                                     ([p for p in group["params"] if id(p) not in encoder], self.head_learning_rate))
                   if params]
         optimizer.param_groups.clear()
         for group in groups:
