@@ -14,10 +14,9 @@ import os
 import shutil
 from pathlib import Path
 
+from benchmarks.latency import add_bench_flags, bench_config
 from benchmarks.results import update_section
-from xlmr_compress.bench import BenchConfig, bench
-from xlmr_compress.cli import BENCH_HELP, add_config_flags, config_from
-from xlmr_compress.data import DataConfig, load_data
+from xlmr_compress import DataConfig, load_data, run_bench
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PLOT = Path(__file__).with_name("accuracy_latency.png")
@@ -29,12 +28,11 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "data" / "sib200"), help="task data (default: SIB-200)")
     ap.add_argument("--max-per-split", type=int, help="subsample each split (stratified by language)")
     ap.add_argument("--out", default="runs/accuracy-latency", help="directory for the CSV/JSON tables and the plot")
-    add_config_flags(ap, BenchConfig, help=BENCH_HELP)
-    ap.set_defaults(batch_sizes=[1, 16], seq_lengths=[128])
+    add_bench_flags(ap, batch_sizes=[1, 16], seq_lengths=[128])
     a = ap.parse_args()
     data = load_data(DataConfig(a.data, max_per_split=a.max_per_split))
     load = os.getloadavg()
-    result = bench(a.models, config_from(a, BenchConfig), data)
+    result = run_bench(a.models, bench_config(a), data)
     out = result.write(a.out, overwrite=True)
     body = (f"Data: `{a.data}`. Variants: " + ", ".join(f"`{m}`" for m in a.models) + ". Load average when the run "
             f"started: {load[0]:.1f} (1 min), {load[1]:.1f} (5 min) on a machine shared with other jobs: ratios "

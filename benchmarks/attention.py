@@ -8,19 +8,23 @@ Attention figures are effective TFLOP/s: the useful matmul work on real tokens (
 and sequence, forward + backward 3.5x that) over the measured time, so work spent on padding counts as lost.
 Sequence lengths are drawn uniformly from [L * (1 - 2 * padding), L], right-padded to L. Packed figures time the
 kernel on real tokens only, as an encoder run on packed batches does (the unpad itself is done once per batch).
+Times are medians of the library's one timer (`xlmr_compress.time_round_robin`): the backends of a case take turns
+round after round, each call between CUDA events after a synchronisation.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 LENGTHS = (64, 128, 256, 512)
 PADDINGS = (0.0, 0.25, 0.5)
 SHAPES = ((32, 12), (16, 16))  # (batch, heads): XLM-R base and large, head size 64
 BACKENDS = ("triton", "triton packed", "sdpa flash", "sdpa efficient", "sdpa math", "eager")
+ROUNDS = {"cuda": (10, 100), "cpu": (0, 2)}  # (warm-up, timed rounds); the CPU runs Triton's slow interpreter
 
 
 @dataclass
@@ -90,21 +94,14 @@ def attention_fns(case: Case, device: str, dtype) -> tuple[dict, dict]:
     return fns, shared
 
 
-def timer(device: str):
-    """Median milliseconds of fn: CUDA events through triton.testing.do_bench on GPU, a few wall-clock runs on CPU."""
-    if device == "cuda":
-        from triton.testing import do_bench
+def median_ms(fns: dict[str, Callable[[], Any]], device: str) -> dict[str, float]:
+    """Median milliseconds of each zero-argument function, timed interleaved by the library's one timer (CUDA events
+    after a synchronisation on the GPU)."""
+    from xlmr_compress import percentiles_ms, time_round_robin
 
-        return lambda fn, leaves: do_bench(fn, warmup=25, rep=100, grad_to_none=leaves, return_mode="median")
-
-    def cpu(fn, leaves):
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return min(times)
-    return cpu
+    warmup, repeats = ROUNDS[device]
+    times = time_round_robin({name: (lambda _, fn=fn: fn()) for name, fn in fns.items()}, warmup, repeats, device)
+    return {name: percentiles_ms(t)["p50_ms"] for name, t in times.items()}
 
 
 def bench_attention(cases: list[Case], device: str, dtype, tolerance: float) -> tuple[list[dict], list[str], dict]:
@@ -115,35 +112,38 @@ def bench_attention(cases: list[Case], device: str, dtype, tolerance: float) -> 
     import torch
     from xlmr_compress.kernels import flash_attention as fa
 
-    measure, rows, failures, refused = timer(device), [], [], {}
+    rows, failures, refused = [], [], {}
     for case in cases:
         fns, shared = attention_fns(case, device, dtype)
         real = shared["mask"]
         expected = shared["reference"]()
         flops = fa.attention_flops(shared["lengths"], case.heads, case.head_dim)
         flops += fa.attention_flops(shared["lengths"], case.heads, case.head_dim, backward=True) if case.backward else 0
-        row = {"case": case, "tflops": {}}
+        row = {"case": case, "tflops": dict.fromkeys(fns)}
+        runs = {}
         for name, fn in fns.items():
             try:
                 out = fn()
             except RuntimeError as e:  # e.g. SDPA's flash backend refuses a mask
-                row["tflops"][name] = None
                 refused.setdefault(name, str(e).splitlines()[0])
                 continue
             got = fa.pad(out, shared["indices"], case.batch, case.seqlen) if name == "triton packed" else out
             error = ((got.double() - expected)[real].abs().max() / expected[real].abs().max()).item()
             if not error <= tolerance:
                 failures.append(f"{name} {case}: relative error {error:.1e} > {tolerance:.0e}")
-            leaves = shared["leaves"].get(name, shared["sdpa leaves"])
             if case.backward:
-                dout = torch.randn_like(out)
-                def run(fn=fn, dout=dout):
+                leaves, dout = shared["leaves"].get(name, shared["sdpa leaves"]), torch.randn_like(out)
+
+                def run(fn=fn, dout=dout, leaves=leaves):
+                    for leaf in leaves:  # no gradient accumulation into the last round's
+                        leaf.grad = None
                     fn().backward(dout)
+                runs[name] = run
             else:
-                run = fn
-            with torch.inference_mode(not case.backward):
-                ms = measure(run, leaves if case.backward else None)
-            row["tflops"][name] = flops / (ms * 1e-3) / 1e12
+                runs[name] = fn
+        with torch.inference_mode(not case.backward):
+            ms = median_ms(runs, device)
+        row["tflops"].update({name: flops / (t * 1e-3) / 1e12 for name, t in ms.items()})
         rows.append(row)
     return rows, failures, refused
 
@@ -174,7 +174,6 @@ def bench_encoder(device: str, dtype, config_kwargs: dict, shapes: list[tuple[in
                               **config_kwargs)
     torch.manual_seed(0)
     model = XLMRobertaModel(config, add_pooling_layer=False).to(device, dtype).eval()
-    measure = timer(device)
     head = ("| batch | length | padding | eager ms | sdpa ms | xlmr_triton ms | xlmr_triton packed ms | packed / sdpa "
             "| max abs diff vs sdpa |")
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
@@ -195,7 +194,7 @@ def bench_encoder(device: str, dtype, config_kwargs: dict, shapes: list[tuple[in
                 model.set_attn_implementation(implementation)
                 out = model(**inputs).last_hidden_state
                 outs[name] = fa.pad(out[0], indices, batch, seqlen) if name == "packed" else out
-                ms[name] = measure(lambda inputs=inputs: model(**inputs), None)
+                ms.update(median_ms({name: lambda inputs=inputs: model(**inputs)}, device))
         diff = max((outs[n] - outs["sdpa"])[mask].abs().max().item() for n in ("xlmr_triton", "packed"))
         lines.append(f"| {batch} | {seqlen} | {padding:.0%} | {ms['eager']:.2f} | {ms['sdpa']:.2f} | "
                      f"{ms['xlmr_triton']:.2f} | {ms['packed']:.2f} | {ms['sdpa'] / ms['packed']:.2f}x | {diff:.1e} |")

@@ -5,7 +5,7 @@ the teacher; written to benchmarks/RESULTS.md.
 
 Both students start from the same teacher layers (same seed, same data, same steps); the distilled one learns from
 the teacher's outputs and the labels, the other from the labels alone. Parameters and bytes on disk come from each
-model directory, macro-F1 from the full test split (overall and per language), CPU latency from one `bench` run
+model directory, macro-F1 from the full test split (overall and per language), CPU latency from one `run_bench`
 that times the three models interleaved, so the ratios share the machine's load.
 """
 from __future__ import annotations
@@ -14,16 +14,23 @@ import argparse
 from pathlib import Path
 
 from benchmarks.results import update_section
-from xlmr_compress.artifact import read_lineage
-from xlmr_compress.bench import BenchConfig, bench
-from xlmr_compress.data import DataConfig, load_data
-from xlmr_compress.distill import DistillConfig, distill
+from xlmr_compress import (
+    BenchConfig,
+    BenchResult,
+    DataConfig,
+    DistillConfig,
+    TaskData,
+    distill,
+    load_data,
+    read_lineage,
+    run_bench,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 LABELS_ONLY = ["soft=0", "hidden=0", "attention=0", "relations=0", "embedding=0", "hard=1"]
 
 
-def train_students(teacher: Path, data, work: Path, a: argparse.Namespace) -> dict[str, Path]:
+def train_students(teacher: Path, data: TaskData, work: Path, a: argparse.Namespace) -> dict[str, Path]:
     """The distilled student and the same student trained on labels alone (each skipped when already written)."""
     common = dict(student_layers=a.student_layers, epochs=a.epochs, batch_size=32, learning_rate=a.learning_rate,
                   max_length=a.max_length, freeze_embeddings=True, seed=0, logging_steps=50, resume=True,
@@ -32,12 +39,12 @@ def train_students(teacher: Path, data, work: Path, a: argparse.Namespace) -> di
     for name, extra in (("distilled", {"cache_teacher": a.preset == "fast"}), ("labels-only", {"losses": LABELS_ONLY})):
         out = work / f"student-{a.student_layers}l-{name}"
         if not out.is_dir() and name in a.train:
-            distill(teacher, data, out, DistillConfig(**common, **extra))
+            distill(teacher, out, DistillConfig(**common, **extra), data)
         students[name] = out
     return students
 
 
-def tables(teacher: Path, students: dict[str, Path], timing, metric: str) -> str:
+def tables(teacher: Path, students: dict[str, Path], timing: BenchResult, metric: str) -> str:
     """Markdown: size, latency ratio and test metric per model, then the metric per language."""
     first = read_lineage(students["distilled"])["stages"][-1]["measured"]
     results = {"teacher": first["teacher"]}
@@ -99,8 +106,8 @@ def main() -> None:
     if missing:
         print(f"not written yet: {', '.join(missing)}; run again without --train when they are")
         return
-    timing = bench([teacher, *students.values()], BenchConfig(batch_sizes=[1, 8], seq_lengths=[64],
-                                                              data_lengths=False, memory=False, repeats=a.repeats))
+    timing = run_bench([teacher, *students.values()], BenchConfig(batch_sizes=[1, 8], seq_lengths=[64],
+                                                                  data_lengths=False, memory=False, repeats=a.repeats))
     metric = "macro_f1"
     body = (f"Teacher `{teacher}`; students keep {a.student_layers} of its layers (evenly spaced, copied), trained "
             f"{a.epochs:g} epochs on {len(data.splits['train'])} `{a.data}` train examples (seeded subset, frozen "

@@ -7,31 +7,33 @@ vocab: a randomly initialised model of xlm-roberta-base's shape with XLM-R's rea
 UMSAB training text; reports kept vocabulary, bytes on disk before and after, the share of UMSAB test tokens the
 trimmed vocabulary covers, and the largest logit difference on every test text made only of kept pieces.
 heads: prunes the teacher with Taylor importance on its training data, recovers by fine-tuning, and measures
-test macro-F1 (teacher, pruned, recovered) and CPU latency of teacher and pruned model in the same process.
+test macro-F1 (teacher, pruned, recovered) and CPU latency of teacher and pruned model, timed interleaved.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import statistics
-import time
 from pathlib import Path
 
 import torch
 from transformers import XLMRobertaTokenizerFast
 
+from benchmarks.models import SHARED, random_base
 from benchmarks.results import update_section
-from xlmr_compress import load
-from xlmr_compress.artifact import count_parameters, read_lineage
-from xlmr_compress.data import DataConfig, TaskData, load_data
-from xlmr_compress.modeling import AUTO_CLASSES, tiny_config
-from xlmr_compress.prune import PruneConfig, TrimConfig, prune, trim_vocab
-from xlmr_compress.prune.vocab import split_texts
-from xlmr_compress.runtime import evaluate
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-BASE_SHAPE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+from xlmr_compress import (
+    DataConfig,
+    PruneConfig,
+    TaskData,
+    TrimConfig,
+    evaluate,
+    load,
+    load_data,
+    percentiles_ms,
+    prune,
+    read_lineage,
+    time_round_robin,
+    trim_vocab,
+)
 
 
 def max_logit_diff(a_dir: Path, b_dir: Path, texts: list[str], batch_size: int = 32) -> float:
@@ -50,16 +52,9 @@ def max_logit_diff(a_dir: Path, b_dir: Path, texts: list[str], batch_size: int =
 
 def vocab_figure(work: Path, quick: bool) -> str:
     """Trim a base-size XLM-R to UMSAB train text; sizes, coverage and logit parity on kept test texts."""
-    tokenizer_file = SHARED / "tokenizers" / "xlm-roberta" / "tokenizer.json"
     base = work / "xlmr-base-random"
     if not base.is_dir():
-        config = tiny_config(250002, num_labels=3, **BASE_SHAPE)
-        torch.manual_seed(0)
-        model = AUTO_CLASSES["sequence-classification"].from_config(config)
-        model.save_pretrained(base, safe_serialization=True)
-        XLMRobertaTokenizerFast(tokenizer_file=str(tokenizer_file)).save_pretrained(base)
-        shutil.copy(tokenizer_file, base / "tokenizer.json")
-        del model
+        random_base(base, num_labels=3)
     data = load_data(DataConfig(str(SHARED / "data" / "umsab_sentiment"), max_per_split=400 if quick else None))
     trimmed = trim_vocab(base, work / "xlmr-base-umsab", TrimConfig(splits=["train"], overwrite=True), data=data)
     m = read_lineage(trimmed)["stages"][-1]["measured"]
@@ -67,7 +62,7 @@ def vocab_figure(work: Path, quick: bool) -> str:
     original_tok, trimmed_tok = XLMRobertaTokenizerFast(tokenizer_file=str(base / "tokenizer.json")), \
         XLMRobertaTokenizerFast(tokenizer_file=str(trimmed / "tokenizer.json"))
     kept = set(trimmed_tok.get_vocab())
-    texts = split_texts(data.split("test"))
+    texts = [t for t in data.split("test")["text"] if t]
     only_kept = [t for t in texts if set(original_tok.tokenize(t)) <= kept]
     same_pieces = all(trimmed_tok.tokenize(t) == original_tok.tokenize(t) for t in only_kept)
     diff = max_logit_diff(base, trimmed, only_kept)
@@ -88,19 +83,14 @@ def vocab_figure(work: Path, quick: bool) -> str:
     ])
 
 
-def latency_ms(model: torch.nn.Module, batch: int, length: int, repeats: int) -> float:
-    """Median forward time in ms of a fixed-shape batch."""
-    ids = torch.randint(5, min(1000, model.config.vocab_size), (batch, length))
+def latency_ms(models: dict[str, torch.nn.Module], batch: int, length: int, repeats: int) -> dict[str, float]:
+    """Median forward time in ms of each model on one fixed-shape batch, the models timed interleaved."""
+    ids = torch.randint(5, min(1000, *(m.config.vocab_size for m in models.values())), (batch, length))
     mask = torch.ones_like(ids)
+    calls = {name: (lambda _, m=m: m(input_ids=ids, attention_mask=mask)) for name, m in models.items()}
     with torch.inference_mode():
-        for _ in range(2):
-            model(input_ids=ids, attention_mask=mask)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        times = time_round_robin(calls, warmup=2, repeats=repeats)
+    return {name: percentiles_ms(t)["p50_ms"] for name, t in times.items()}
 
 
 def test_macro_f1(model_dir: Path, data: TaskData, recorded: bool) -> float:
@@ -131,9 +121,11 @@ def heads_figure(work: Path, teacher: Path, data_path: str, quick: bool, epochs:
     shapes = json.loads((recovered / "config.json").read_text())["xlmr_compress"]
     rows = []
     for batch, length in ((1, 128), (32, 64)):
-        t_ms, p_ms = (latency_ms(m, batch, length, 5 if quick else 20) for m in (t_model, p_model))
-        rows.append(f"| {batch} x {length} | {t_ms:.1f} | {p_ms:.1f} | {p_ms / t_ms:.2f} |")
+        ms = latency_ms({"teacher": t_model, "pruned": p_model}, batch, length, 5 if quick else 20)
+        rows.append(f"| {batch} x {length} | {ms['teacher']:.1f} | {ms['pruned']:.1f} | "
+                    f"{ms['pruned'] / ms['teacher']:.2f} |")
     encoder = [sum(p.numel() for p in m.base_model.encoder.parameters()) for m in (t_model, p_model)]
+    parameters = [sum(p.numel() for p in m.parameters()) for m in (t_model, p_model)]
     return "\n".join([
         (f"Teacher: `{teacher}`; data: `{data_path}` ({len(data.splits['train'])} train, {len(data.splits['test'])} "
          f"test). Pruned with Taylor importance (Michel et al.) on 32 x 32 train examples, 30% of heads and 40% of "
@@ -141,12 +133,12 @@ def heads_figure(work: Path, teacher: Path, data_path: str, quick: bool, epochs:
          f"{epochs} epoch(s), lr 1e-4, frozen embeddings."),
         "",
         (f"Kept per layer: heads {shapes['heads']}, FFN {shapes['ffn']}. Encoder parameters {encoder[0]:,} -> "
-         f"{encoder[1]:,}; all parameters {count_parameters(t_model):,} -> {count_parameters(p_model):,}."),
+         f"{encoder[1]:,}; all parameters {parameters[0]:,} -> {parameters[1]:,}."),
         "",
         "| model | test macro-F1 | share of teacher |", "|---|---|---|",
         *[f"| {name} | {v:.4f} | {v / f1['teacher']:.1%} |" for name, v in f1.items()],
         "",
-        f"CPU latency (torch eager fp32, {threads} threads, median of {5 if quick else 20}, same process):",
+        f"CPU latency (torch eager fp32, {threads} threads, median of {5 if quick else 20} interleaved rounds):",
         "",
         "| batch x tokens | teacher ms | pruned ms | ratio |", "|---|---|---|---|", *rows,
     ])

@@ -4,30 +4,29 @@
     python -m benchmarks.quantize quality   # the SIB-200 teacher: fp32 vs dynamic and static int8, per language
 
 Every variant is a model directory written by the library's own stages and timed or evaluated through
-`xlmr_compress.bench` (one predictor path for torch and ONNX). Directories are kept in --workdir between runs.
+`xlmr_compress.run_bench` (one predictor path for torch and ONNX). Directories are kept in --workdir between runs.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import torch
-from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification, XLMRobertaTokenizerFast
-
+from benchmarks.models import SHARED, random_base
 from benchmarks.results import update_section
-from xlmr_compress import artifact
-from xlmr_compress.bench import BenchConfig, bench, markdown_table
-from xlmr_compress.data import DataConfig, load_data
-from xlmr_compress.export.onnx import ExportConfig, export_onnx
-from xlmr_compress.quantize.onnx import QuantizeConfig, quantize
-from xlmr_compress.quantize.torch import quantize_torch
+from xlmr_compress import (
+    BenchConfig,
+    BenchResult,
+    DataConfig,
+    ExportConfig,
+    QuantizeConfig,
+    export,
+    load_data,
+    markdown_table,
+    quantize,
+    run_bench,
+)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-TOKENIZER = SHARED / "tokenizers" / "xlm-roberta" / "tokenizer.json"
 COLUMNS = ("variant", "backend", "precision", "p50_ms", "p90_ms", "speedup", "size_mib", "size_ratio")
-BASE = {"vocab_size": 250002, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-        "intermediate_size": 3072, "layer_norm_eps": 1e-5, "type_vocab_size": 1, "max_position_embeddings": 514,
-        "pad_token_id": 1, "num_labels": 7}
 
 
 def build(out: Path, make) -> Path:
@@ -38,37 +37,27 @@ def build(out: Path, make) -> Path:
     return out
 
 
-def base_model(out: Path) -> Path:
-    """xlm-roberta-base's shape with random weights and XLM-R's real tokenizer (latency needs no training)."""
-    torch.manual_seed(0)
-    config = XLMRobertaConfig(**BASE, architectures=["XLMRobertaForSequenceClassification"])
-    model = XLMRobertaForSequenceClassification(config).eval()
-    with artifact.atomic_output(out) as tmp:
-        artifact.save_model(model, XLMRobertaTokenizerFast(tokenizer_file=str(TOKENIZER)), tmp)
-    return out
-
-
 def latency(workdir: Path, repeats: int) -> str:
     """torch eager fp32, torch int8, ORT fp32 and int8, each with and without ONNX Runtime's fusions."""
-    fp32 = build(workdir / "torch-fp32", base_model)
-    ort_fp32 = build(workdir / "ort-fp32", lambda out: export_onnx(fp32, out))
-    fused = build(workdir / "ort-fp32-fused", lambda out: export_onnx(fp32, out, ExportConfig(optimize=True)))
+    fp32 = build(workdir / "torch-fp32", lambda out: random_base(out, num_labels=7))
+    ort_fp32 = build(workdir / "ort-fp32", lambda out: export(fp32, out))
+    fused = build(workdir / "ort-fp32-fused", lambda out: export(fp32, out, ExportConfig(optimize=True)))
     variants = [
         fp32,
-        build(workdir / "torch-int8", lambda out: quantize_torch(fp32, out)),
+        build(workdir / "torch-int8", lambda out: quantize(fp32, out, QuantizeConfig(mode="torch-int8"))),
         ort_fp32,
         fused,
         build(workdir / "ort-int8", lambda out: quantize(ort_fp32, out)),
         build(workdir / "ort-int8-fused", lambda out: quantize(fused, out)),
     ]
     config = BenchConfig(batch_sizes=[1], seq_lengths=[128], threads=[2], warmup=3, repeats=repeats, memory=False)
-    result = bench(variants, config)
+    result = run_bench(variants, config)
     rows = {r["variant"]: r for r in result.rows}
-    torch_ms, fp32_bytes = rows["torch-fp32"]["p50_ms"], artifact.size_on_disk(ort_fp32)
+    torch_ms, fp32_mib = rows["torch-fp32"]["p50_ms"], rows["ort-fp32"]["size_mib"]
     checks = []
     for name in ("ort-int8", "ort-int8-fused"):
         speed = rows[name]["p50_ms"] / torch_ms
-        size = artifact.size_on_disk(workdir / name) / fp32_bytes
+        size = rows[name]["size_mib"] / fp32_mib
         checks.append(f"- `{name}`: latency {speed:.3f} x torch eager fp32 (target <= 0.25: "
                       f"{'met' if speed <= 0.25 else 'NOT met'}); file {size:.3f} x the fp32 ONNX file "
                       f"(target <= 0.30: {'met' if size <= 0.30 else 'NOT met'})")
@@ -81,7 +70,7 @@ def latency(workdir: Path, repeats: int) -> str:
             + markdown_table(result.ceilings))
 
 
-def int8_floor(result, torch_ms: float) -> str:
+def int8_floor(result: BenchResult, torch_ms: float) -> str:
     """The fastest the int8 model could run here: its matmul work at this machine's measured int8 matmul peak."""
     peak = {c["precision"]: c["gflop_per_s"] for c in result.ceilings}
     row = next(r for r in result.rows if r["variant"] == "ort-int8")
@@ -99,7 +88,7 @@ def quality(workdir: Path, teacher: Path, data_path: str, calibration_size: int,
     """Main metric, overall and per language, of the teacher in fp32 and ORT fp32/int8 (dynamic and static, each
     plain and with its `keep` most int8-sensitive MatMuls left in fp32) on the test split."""
     data = load_data(DataConfig(data_path, max_per_split=per_split))
-    ort_fp32 = build(workdir / "teacher-ort-fp32", lambda out: export_onnx(teacher, out))
+    ort_fp32 = build(workdir / "teacher-ort-fp32", lambda out: export(teacher, out))
     variants = [teacher, ort_fp32]
     for mode in ("dynamic", "static"):
         for kept in (0, keep):
@@ -110,7 +99,7 @@ def quality(workdir: Path, teacher: Path, data_path: str, calibration_size: int,
             variants.append(build(workdir / name, lambda out, c=config: quantize(ort_fp32, out, c, data)))
     config = BenchConfig(batch_sizes=[1], seq_lengths=[128], threads=[2], warmup=2, repeats=10, memory=False,
                          data_lengths=False)
-    result = bench(variants, config, data)
+    result = run_bench(variants, config, data)
     base = result.accuracy[teacher.name]["overall"][result.metric]
     checks = [f"- `{name}`: {result.metric} {a['overall'][result.metric]:.4f}, "
               f"{(base - a['overall'][result.metric]) * 100:+.2f} points lost against fp32 (target <= 1: "

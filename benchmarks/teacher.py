@@ -11,11 +11,8 @@ import argparse
 from pathlib import Path
 
 from benchmarks.results import update_section
-from xlmr_compress import e5
-from xlmr_compress.artifact import read_lineage
-from xlmr_compress.data import DataConfig, load_data
+from xlmr_compress import DataConfig, FinetuneConfig, e5, finetune, load_data, read_lineage
 from xlmr_compress.demo import majority_baseline
-from xlmr_compress.train import FinetuneConfig, finetune
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -43,7 +40,7 @@ def main() -> None:
     encoder = out.with_name(out.name + ".e5")
     tokenizer = SHARED / "tokenizers" / "xlm-roberta" / "tokenizer.json"
     if not encoder.is_dir():
-        e5.convert(encoder, tokenizer_file=tokenizer if tokenizer.is_file() else None)
+        e5.convert(encoder, e5.E5Config(tokenizer_file=str(tokenizer) if tokenizer.is_file() else None))
     data = load_data(DataConfig(a.data))
     for split, n in (("train", a.train_examples), ("validation", a.validation_examples)):
         if n < len(data.splits[split]):
@@ -51,7 +48,7 @@ def main() -> None:
     config = FinetuneConfig(epochs=a.epochs, batch_size=32, learning_rate=1e-4, max_length=96, freeze_embeddings=True,
                             seed=0, logging_steps=100, resume=True)
     if not out.is_dir():
-        finetune(encoder, data, out, config)
+        finetune(encoder, out, config, data)
     result = read_lineage(out)["stages"][-1]["measured"]["test"]  # measured by finetune on the saved model
     body = (f"Teacher: e5-small (12 layers x 384, pretrained, XLM-R layout) fine-tuned on `{a.data}` train "
             f"({len(data.splits['train'])} examples, {a.epochs} epochs, frozen word embeddings); test split, "

@@ -38,7 +38,7 @@ def xlmr_tokenizer_file() -> Path:
 @pytest.fixture
 def tiny_dir(tmp_path: Path) -> Path:
     """A tiny sequence-classification model directory (3 labels L0..L2)."""
-    from xlmr_compress.modeling import save_tiny
+    from xlmr_compress.tiny import save_tiny
 
     return save_tiny(tmp_path / "tiny", "sequence-classification", 3)
 
@@ -46,9 +46,10 @@ def tiny_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def e5_encoder(tmp_path_factory: pytest.TempPathFactory, xlmr_tokenizer_file: Path) -> Path:
     """The pretrained e5-small encoder cut to its first 4 layers (enough to learn, cheap to train)."""
-    from xlmr_compress.e5 import convert
+    from xlmr_compress.e5 import E5Config, convert
 
-    return convert(tmp_path_factory.mktemp("e5") / "e5-4", tokenizer_file=xlmr_tokenizer_file, num_layers=4)
+    config = E5Config(tokenizer_file=str(xlmr_tokenizer_file), num_layers=4)
+    return convert(tmp_path_factory.mktemp("e5") / "e5-4", config)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +70,7 @@ def sib_teacher(tmp_path_factory: pytest.TempPathFactory, e5_encoder: Path, sib_
     out = tmp_path_factory.mktemp("teacher") / "sib-teacher"
     config = FinetuneConfig(epochs=6, batch_size=16, learning_rate=3e-4, max_length=64, freeze_embeddings=True,
                             seed=0, logging_steps=1000)
-    return finetune(e5_encoder, sib_slice, out, config)
+    return finetune(e5_encoder, out, config, sib_slice)
 
 
 def write_toy_data(folder: Path, n_train: int = 200, seed: int = 0) -> Path:
@@ -102,7 +103,7 @@ def tiny_encoder(tmp_path: Path) -> Path:
     """A tiny bare XLM-R encoder directory (no task head), as a pretrained checkpoint is."""
     from transformers import XLMRobertaModel
 
-    from xlmr_compress.modeling import tiny_config, tiny_tokenizer
+    from xlmr_compress.tiny import tiny_config, tiny_tokenizer
 
     tok = tiny_tokenizer()
     out = tmp_path / "encoder"

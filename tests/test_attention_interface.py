@@ -1,5 +1,5 @@
 """attn_implementation="xlmr_triton" in transformers: same outputs and gradients as sdpa on a padded batch, the
-packed (padding-free) encoder, the sdpa fallback, and loading through xlmr_compress.modeling.load."""
+packed (padding-free) encoder, the sdpa fallback, and loading through xlmr_compress.directory.load."""
 from __future__ import annotations
 
 import os
@@ -101,10 +101,10 @@ def test_falls_back_to_sdpa_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_modeling_load_uses_the_kernel(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from xlmr_compress import modeling
+    from xlmr_compress import directory, tiny
 
-    model_dir = modeling.save_tiny(tmp_path / "tiny", "sequence-classification", 3, num_attention_heads=1)  # head 32
-    model, tokenizer = modeling.load(model_dir, attn_implementation=attention.NAME)
+    model_dir = tiny.save_tiny(tmp_path / "tiny", "sequence-classification", 3, num_attention_heads=1)  # head 32
+    model, tokenizer = directory.load(model_dir, attn_implementation=attention.NAME)
     assert model.config._attn_implementation == attention.NAME
     calls = []
     monkeypatch.setattr(fa, "flash_attention", lambda *a: calls.append(a) or fa.attention_reference(*a[:5]))

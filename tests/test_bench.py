@@ -10,20 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from xlmr_compress.bench import (
-    BenchConfig,
-    bench,
-    flops_per_sequence,
-    pareto_front,
-    synthetic_batch,
-    time_round_robin,
-)
+from xlmr_compress.measure import BenchConfig, bench, percentiles_ms, run_bench, time_round_robin
+from xlmr_compress.measure.cost import flops_per_sequence
+from xlmr_compress.measure.report import pareto_front
+from xlmr_compress.measure.run import synthetic_batch, variant_names
 from xlmr_compress.cli import main
 from xlmr_compress.data import TaskData, load_data
+from xlmr_compress.directory import load_config
 from xlmr_compress.errors import UserError
-from xlmr_compress.export.onnx import export_onnx
-from xlmr_compress.modeling import load_config, save_tiny, tiny_tokenizer
-from xlmr_compress.quantize.onnx import QuantizeConfig, quantize
+from xlmr_compress.onnx_export import export
+from xlmr_compress.tiny import save_tiny, tiny_tokenizer
+from xlmr_compress.quantization.onnx import QuantizeConfig, quantize
 
 WORDS = "the movie was good and the music very great paris london berlin hello world".split()
 FAST = {"batch_sizes": [2], "seq_lengths": [16], "warmup": 1, "repeats": 4}
@@ -48,7 +45,7 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("bench")
     big = save_tiny(root / "big", num_labels=3)
     small = save_tiny(root / "small", num_labels=3, num_hidden_layers=1, intermediate_size=32)
-    onnx = export_onnx(big, root / "big-onnx")
+    onnx = export(big, root / "big-onnx")
     int8 = quantize(onnx, root / "big-int8", QuantizeConfig(mode="dynamic", eval_split=None))
     return [big, small, onnx, int8]
 
@@ -60,7 +57,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> TaskData:
 
 @pytest.fixture(scope="module")
 def result(variants: list[Path], data: TaskData):
-    return bench(variants, BenchConfig(**{**FAST, "seq_lengths": [16, 256]}, threads=[1]), data)
+    return run_bench(variants, BenchConfig(**{**FAST, "seq_lengths": [16, 256]}, threads=[1]), data)
 
 
 def test_every_column_filled_and_ratios_consistent(result) -> None:
@@ -138,10 +135,15 @@ def test_flops_count_matches_the_matmuls(tmp_path: Path) -> None:
 
 
 def test_round_robin_interleaves_and_rotates() -> None:
-    calls: list[str] = []
-    times = time_round_robin({n: (lambda r, n=n: calls.append(n)) for n in "abc"}, warmup=1, repeats=3)
-    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    calls: list[tuple[str, int]] = []
+    times = time_round_robin({n: (lambda r, n=n: calls.append((n, r))) for n in "abc"}, warmup=1, repeats=3)
+    assert [n for n, _ in calls] == list("abc") + list("abc") + list("bca") + list("cab")
+    assert [r for _, r in calls] == [0, 0, 0] + [1] * 3 + [2] * 3 + [3] * 3  # warm-up rounds, then timed rounds
     assert all(len(t) == 3 and (t >= 0).all() for t in times.values())
+
+
+def test_percentiles_in_milliseconds() -> None:
+    assert percentiles_ms(np.arange(1, 101) / 1e3) == pytest.approx({"p50_ms": 50.5, "p90_ms": 90.1, "p99_ms": 99.01})
 
 
 def test_synthetic_batch_shape_and_framing() -> None:
@@ -154,8 +156,17 @@ def test_synthetic_batch_shape_and_framing() -> None:
     assert not np.isin(inner, tok.all_special_ids).any() and inner.max() < len(tok)
 
 
+def test_variant_names_as_given(tmp_path: Path) -> None:
+    for parent in ("a", "b"):
+        (tmp_path / parent / "m").mkdir(parents=True)
+    (tmp_path / "label").symlink_to(tmp_path / "a" / "m")  # a link names its target, as compress's labels do
+    assert variant_names([tmp_path / "label", tmp_path / "a" / "m", tmp_path / "b" / "m"]) == ["label", "a/m", "b/m"]
+    with pytest.raises(UserError, match="twice"):
+        variant_names([tmp_path / "a" / "m", tmp_path / "a" / "m/"])
+
+
 def test_quick_needs_no_memory_children(variants: list[Path], data: TaskData) -> None:
-    result = bench(variants, BenchConfig(quick=True, threads=[1]), data)
+    result = run_bench(variants, BenchConfig(quick=True, threads=[1]), data)
     assert {r["tokens"] for r in result.rows} == {"data", 64} and {r["batch"] for r in result.rows} == {1}
     assert all(r["peak_mib"] is None and r["speedup"] > 0 for r in result.rows)
 
@@ -163,17 +174,21 @@ def test_quick_needs_no_memory_children(variants: list[Path], data: TaskData) ->
 def test_bad_input_is_one_line(variants: list[Path], data: TaskData, tmp_path: Path, capsys) -> None:
     (tmp_path / "notes").mkdir()
     with pytest.raises(UserError, match="not a model directory"):
-        bench([tmp_path / "notes"], BenchConfig(**FAST))
+        run_bench([tmp_path / "notes"], BenchConfig(**FAST))
     with pytest.raises(UserError, match="does not exist"):
-        bench([tmp_path / "missing"], BenchConfig(**FAST))
+        bench(tmp_path / "missing", tmp_path / "out", BenchConfig(**FAST))
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA GPU"):
-            bench(variants, BenchConfig(**FAST, devices=["cuda"]))
+            run_bench(variants, BenchConfig(**FAST, devices=["cuda"]))
     other = load_data(str(write_data(tmp_path / "other", labels=("pos", "neg"))))
     with pytest.raises(UserError, match="labels"):
-        bench(variants, BenchConfig(**FAST, memory=False), other)
+        run_bench(variants, BenchConfig(**FAST, memory=False), other)
     with pytest.raises(UserError, match="baseline"):
-        bench(variants, BenchConfig(**FAST, baseline="nope"))
+        run_bench(variants, BenchConfig(**FAST, baseline="nope"))
+    (tmp_path / "taken" / "old").mkdir(parents=True)
+    with pytest.raises(UserError, match="already exists"):  # refused before anything is timed
+        bench(variants, tmp_path / "taken", BenchConfig(**FAST))
+    assert not (tmp_path / "out").exists()
     capsys.readouterr()
     assert main(["bench", str(tmp_path / "notes"), "--repeats", "2"]) == 2
     err = capsys.readouterr().err

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import json
 import warnings
+from importlib.metadata import EntryPoint, EntryPoints, entry_points
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 
-from xlmr_compress.data import DataConfig, collator, decode, encode, load_data, references_of
+from xlmr_compress.data import SOURCES, DataConfig, collator, decode, encode, load_data, readers, references_of
 from xlmr_compress.errors import UserError
-from xlmr_compress.modeling import tiny_tokenizer
+from xlmr_compress.tiny import tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -128,6 +130,54 @@ def test_plain_two_column_conll(tmp_path):
     assert data.label_names == ["O", "B-LOC", "B-PER"]
 
 
+CONLL_TXT = ("# a comment line\nEU B-ORG\nrejects O\nGerman B-MISC\ncall O\n\n"
+             "Peter B-PER\nBlackburn I-PER\nin O\nParis B-LOC\n")
+
+
+def test_conll_txt_splits_are_recognised_by_content(tmp_path):
+    write(tmp_path / "train.txt", CONLL_TXT)
+    write(tmp_path / "dev.txt", "-DOCSTART- O\n\nBrussels B-LOC\n")
+    write(tmp_path / "test.txt", "1\tParis\tB-LOC\t-\t-\n")
+    write(tmp_path / "README.txt", "not data")
+    data = load_data(str(tmp_path))
+    assert data.task == "token-classification"
+    assert list(data.splits) == ["train", "validation", "test"]
+    assert data.splits["train"]["tokens"][:] == [["EU", "rejects", "German", "call"], ["Peter", "Blackburn", "in",
+                                                                                       "Paris"]]
+    assert references_of(data, "validation") == [["B-LOC"]]
+    assert data.label_names == ["O", "B-LOC", "B-MISC", "B-ORG", "B-PER", "I-PER"]
+    assert len(load_data(str(tmp_path / "train.txt")).splits["train"]) == 2
+
+
+def test_plain_text_split_files_are_refused_by_name(tmp_path):
+    plain = write(tmp_path / "train.txt", "I loved this film\nTerrible acting\n")
+    with pytest.raises(UserError, match="train.txt is plain text, not CoNLL"):
+        load_data(str(plain))
+    with pytest.raises(UserError, match=r"no split files recognised in .* \(train.txt: plain text, not CoNLL\)"):
+        load_data(str(tmp_path))
+    write(tmp_path / "train.csv", "text,label\nI loved this film,pos\n")  # a real split file beside it wins
+    assert load_data(str(tmp_path)).splits["train"]["text"][:] == ["I loved this film"]
+
+
+def test_csv_cells_stay_text(tmp_path):
+    write(tmp_path / "train.csv", "text,label\nNA,007\n1.50,10\n,10\n")
+    data = load_data(str(tmp_path))
+    assert data.splits["train"]["text"][:] == ["NA", "1.50", ""]
+    assert data.label_names == ["007", "10"]
+
+
+def test_a_row_without_label_is_refused(tmp_path):
+    write(tmp_path / "train.csv", "text,label\ngood,pos\nbad\n")
+    with pytest.raises(UserError, match="row 2 lacks a text or a label"):
+        load_data(str(tmp_path))
+
+
+def test_reading_shows_no_progress_bars(tmp_path, capfd):
+    write(tmp_path / "train.csv", "text,label,language\na b,x,en\nc d,y,fr\n")
+    load_data(str(tmp_path), languages=["en", "fr"])
+    assert capfd.readouterr().err == ""
+
+
 def squad(contexts: list[tuple[str, list[tuple[str, str, str]]]]) -> str:
     """SQuAD-v1 JSON from (context, [(id, question, answer)]) with answer_start found in the context."""
     return json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": [
@@ -180,6 +230,12 @@ def test_max_per_split_is_seeded_and_keeps_language_shares(tmp_path):
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------
+
+def test_jsonl_that_does_not_parse(tmp_path):
+    write(tmp_path / "train.jsonl", '{"text": "a", "label": "x"}\n{"text": \n')
+    with pytest.raises(UserError, match="train.jsonl cannot be read as JSONL"):
+        load_data(str(tmp_path))
+
 
 def test_missing_path(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
@@ -395,3 +451,30 @@ def test_chatterbot_split_is_deterministic(chatterbot):
     again = load_data("chatterbot")
     assert again.label_names == chatterbot.label_names
     assert again.splits["test"]["text"][:] == chatterbot.splits["test"]["text"][:]
+
+
+# --- registered data sources -------------------------------------------------------------------------------------
+
+def toy_source(config: DataConfig) -> datasets.DatasetDict:
+    """A registered source: ClassLabel integers and a language column, as a `datasets` hub set gives them."""
+    features = datasets.Features({"sentence": datasets.Value("string"), "language": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["travel", "sports"])})
+    rows = {"sentence": ["go", "run", f"seed {config.seed}"], "language": ["en", "fr", "en"], "label": [0, 1, 1]}
+    return datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features),
+                                 "unsupervised": datasets.Dataset.from_dict(rows, features=features)})
+
+
+def test_registered_source_is_read_as_a_hub_data_set(monkeypatch):
+    registered = EntryPoints([EntryPoint("toy-source", f"{__name__}:toy_source", SOURCES)])
+    monkeypatch.setattr(readers, "entry_points", lambda group, name: registered.select(group=group, name=name))
+    data = load_data("toy-source", seed=5)
+    assert list(data.splits) == ["train"]
+    assert data.splits["train"]["text"][:] == ["go", "run", "seed 5"]
+    assert data.label_names == ["sports", "travel"]
+    assert references_of(data, "train") == [1, 0, 0]
+    assert data.languages("train") == ["en", "fr"]
+
+
+def test_chatterbot_is_an_installed_entry_point():
+    (source,) = entry_points(group=SOURCES, name="chatterbot")
+    assert source.value == "xlmr_compress.demo:chatterbot"

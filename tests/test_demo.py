@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from xlmr_compress import UserError
-from xlmr_compress.artifact import record_stage
+from xlmr_compress.directory import record_stage
 from xlmr_compress.data import load_data
 from xlmr_compress.demo import TEACHER_MARGIN, check_teacher, majority_baseline
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from xlmr_compress.artifact import read_lineage
-from xlmr_compress.distill import DistillConfig, distill
+from xlmr_compress.directory import read_lineage
+from xlmr_compress.distillation import DistillConfig, distill
 
 RUN = dict(student_layers=2, epochs=3, batch_size=16, learning_rate=2e-4, max_length=64, freeze_embeddings=True,
            seed=0, logging_steps=1000)
@@ -16,8 +16,8 @@ LABELS_ONLY = ["soft=0", "hidden=0", "hard=1"]
 
 @pytest.mark.slow
 def test_distilled_student_is_not_worse_than_labels_alone(sib_teacher: Path, sib_slice, tmp_path: Path):
-    distilled = distill(sib_teacher, sib_slice, tmp_path / "distilled", DistillConfig(**RUN))
-    labels = distill(sib_teacher, sib_slice, tmp_path / "labels", DistillConfig(**RUN, losses=LABELS_ONLY))
+    distilled = distill(sib_teacher, tmp_path / "distilled", DistillConfig(**RUN), sib_slice)
+    labels = distill(sib_teacher, tmp_path / "labels", DistillConfig(**RUN, losses=LABELS_ONLY), sib_slice)
     f1 = {name: read_lineage(path)["stages"][-1]["measured"]["test"]["overall"]["macro_f1"]
           for name, path in (("distilled", distilled), ("labels", labels))}
     teacher_f1 = read_lineage(distilled)["stages"][-1]["measured"]["teacher"]["test"]["overall"]["macro_f1"]

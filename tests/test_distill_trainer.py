@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -12,11 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import write_toy_data
-from xlmr_compress import cli, modeling
-from xlmr_compress.artifact import read_lineage
+from xlmr_compress import cli, directory, tiny
+from xlmr_compress.directory import read_lineage
 from xlmr_compress.data import load_data
-from xlmr_compress.distill import DistillConfig, distill
-from xlmr_compress.distill.trainer import encode_unlabeled
+from xlmr_compress.distillation import DistillConfig, distill
+from xlmr_compress.distillation.losses import loss_weights
+from xlmr_compress.distillation.trainer import DistillTrainer, encode_unlabeled
+from xlmr_compress.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_RUN = dict(epochs=1, max_steps=2, batch_size=8, max_length=32, stride=8, logging_steps=1, learning_rate=1e-3)
@@ -49,10 +52,10 @@ def make_teacher(folder: Path, data_path: Path, layers: int = 4) -> Path:
     labels = {} if data.task == "question-answering" else {
         "num_labels": len(data.label_names), "id2label": dict(enumerate(data.label_names)),
         "label2id": {n: i for i, n in enumerate(data.label_names)}}
-    config = modeling.tiny_config(len(modeling.tiny_tokenizer()), num_hidden_layers=layers, **labels)
+    config = tiny.tiny_config(len(tiny.tiny_tokenizer()), num_hidden_layers=layers, **labels)
     torch.manual_seed(0)
-    modeling.AUTO_CLASSES[data.task].from_config(config).save_pretrained(folder)
-    modeling.tiny_tokenizer().save_pretrained(folder)
+    directory.auto_class(data.task).from_config(config).save_pretrained(folder)
+    tiny.tiny_tokenizer().save_pretrained(folder)
     return folder
 
 
@@ -63,24 +66,34 @@ def toy_teacher(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("task", ["sequence-classification", "token-classification", "question-answering"])
-def test_distill_every_head_with_every_loss(tmp_path: Path, task: str):
+def test_distill_every_head_with_every_loss(tmp_path: Path, task: str, monkeypatch: pytest.MonkeyPatch):
     writer = {"sequence-classification": lambda f: write_toy_data(f, n_train=48), "token-classification": write_ner,
               "question-answering": write_qa}[task]
     data = writer(tmp_path / "data")
     teacher = make_teacher(tmp_path / "teacher", data)
-    out = distill(teacher, str(data), tmp_path / "student",
+    computed: set[str] = set()
+    compute = DistillTrainer._losses
+
+    def spy(self: DistillTrainer, *args: object) -> dict[str, torch.Tensor]:
+        parts = compute(self, *args)
+        computed.update(name for name, value in parts.items() if torch.isfinite(value))
+        return parts
+
+    monkeypatch.setattr(DistillTrainer, "_losses", spy)
+    out = distill(teacher, tmp_path / "student",
                   DistillConfig(student_layers=2, student_hidden=24, student_heads=2, student_ffn=32, preset="quality",
-                                **TINY_RUN))
+                                **TINY_RUN), str(data))
     stage = read_lineage(out)["stages"][-1]
     measured = stage["measured"]
     assert stage["stage"] == "distill" and stage["parent"] == str(teacher.resolve())
     assert measured["student_layers"] == [0, 3] and measured["hidden_size"] == 24
     assert measured["shapes"] == {"head_size": 8, "heads": [2, 2], "ffn": [32, 32]}
-    assert set(measured["losses"]) >= {"soft", "hard", "hidden", "attention", "relations", "embedding"}
+    assert computed == {"soft", "hard", "hidden", "attention", "relations", "embedding"}  # each one, finite
+    assert measured["losses"] == asdict(loss_weights("quality"))
     assert "test" in measured and "test" in measured["teacher"]  # student beside teacher
     assert measured["parameters"] < measured["teacher"]["parameters"]
-    student, _ = modeling.load(out)
-    assert modeling.task_of(student.config) == task and student.config.num_hidden_layers == 2
+    student, _ = directory.load(out)
+    assert directory.task_of(student.config) == task and student.config.num_hidden_layers == 2
     assert not any(k.startswith("distill_projection") for k in load_file(str(out / "model.safetensors")))
     assert not (tmp_path / "student.checkpoints").exists()
 
@@ -89,9 +102,9 @@ def test_cached_teacher_outputs_train_the_same_student(toy_teacher, tmp_path: Pa
     teacher, data = toy_teacher
     runs = {}
     for cache in (False, True):
-        out = distill(teacher, str(data), tmp_path / f"cache-{cache}",
+        out = distill(teacher, tmp_path / f"cache-{cache}",
                       DistillConfig(student_layers=2, preset="fast", cache_teacher=cache,
-                                    **{**TINY_RUN, "max_steps": 4}))
+                                    **{**TINY_RUN, "max_steps": 4}), str(data))
         runs[cache] = load_file(str(out / "model.safetensors"))
     assert runs[True].keys() == runs[False].keys()
     for name in runs[True]:  # padded batches vs one cached pass differ only by float rounding
@@ -102,22 +115,31 @@ def test_unlabeled_text_gets_ignored_labels_and_trains(toy_teacher, tmp_path: Pa
     teacher, data = toy_teacher
     texts = tmp_path / "texts.txt"
     texts.write_text("hello world\n\nle film est bad\ndie musik ist good\n")
-    tokenizer = modeling.tiny_tokenizer()
+    tokenizer = tiny.tiny_tokenizer()
     config = DistillConfig(max_length=32)
     features = encode_unlabeled(["hello world", "le film"], "sequence-classification", tokenizer, config,
                                 ["neg", "pos"])
     assert features["labels"][:] == [-100, -100]
     tokens = encode_unlabeled(["john in paris"], "token-classification", tokenizer, config, ["O", "B-LOC"])
     assert set(tokens["labels"][0]) == {-100}
-    out = distill(teacher, str(data), tmp_path / "student",
-                  DistillConfig(student_layers=1, unlabeled=str(texts), preset="fast", **TINY_RUN))
+    out = distill(teacher, tmp_path / "student",
+                  DistillConfig(student_layers=1, unlabeled=str(texts), preset="fast", **TINY_RUN), str(data))
     assert read_lineage(out)["stages"][-1]["options"]["unlabeled"] == str(texts)
+
+
+def test_bad_choice_or_no_data_is_refused_before_any_work(toy_teacher, tmp_path: Path):
+    teacher, data = toy_teacher
+    with pytest.raises(UserError, match="unknown layer selection 'odd'"):
+        distill(teacher, tmp_path / "student", DistillConfig(student_layers=1, layer_selection="odd"), str(data))
+    with pytest.raises(UserError, match="give --data"):
+        distill(teacher, tmp_path / "student", DistillConfig(student_layers=1))
+    assert not (tmp_path / "student").exists()
 
 
 def different_tokenizer_student(tmp_path: Path, teacher: Path) -> Path:
     """The teacher's weights with a tokenizer in which one piece is renamed."""
     student = tmp_path / "other-tok"
-    model, tokenizer = modeling.load(teacher)
+    model, tokenizer = directory.load(teacher)
     model.save_pretrained(student)
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     spec["model"]["vocab"][10][0] = "▁renamed"
@@ -129,7 +151,7 @@ def different_tokenizer_student(tmp_path: Path, teacher: Path) -> Path:
 def test_bad_input_is_one_line_and_leaves_no_output(toy_teacher, tmp_path: Path, capsys, case: str):
     teacher, data = toy_teacher
     out = tmp_path / "student"
-    args = ["distill", "--teacher", str(teacher), "--data", str(data), "--out", str(out), "--max-steps", "1"]
+    args = ["distill", str(teacher), "--data", str(data), "--out", str(out), "--max-steps", "1"]
     if case == "tokenizer":
         args += ["--student", str(different_tokenizer_student(tmp_path, teacher))]
     elif case == "wider":
@@ -140,10 +162,10 @@ def test_bad_input_is_one_line_and_leaves_no_output(toy_teacher, tmp_path: Path,
         encoder = tmp_path / "encoder"
         from transformers import XLMRobertaModel
 
-        XLMRobertaModel(modeling.tiny_config(len(modeling.tiny_tokenizer())),
+        XLMRobertaModel(tiny.tiny_config(len(tiny.tiny_tokenizer())),
                         add_pooling_layer=False).save_pretrained(encoder)
-        modeling.tiny_tokenizer().save_pretrained(encoder)
-        args[2] = str(encoder)
+        tiny.tiny_tokenizer().save_pretrained(encoder)
+        args[1] = str(encoder)
         args += ["--student-layers", "1"]
     else:
         (tmp_path / "empty.txt").write_text("\n \n")
@@ -159,7 +181,7 @@ def test_bad_input_is_one_line_and_leaves_no_output(toy_teacher, tmp_path: Path,
 
 def test_torchrun_two_processes_write_the_same_student_shape(toy_teacher, tmp_path: Path):
     teacher, data = toy_teacher
-    common = ["distill", "--teacher", str(teacher), "--data", str(data), "--student-layers", "2",
+    common = ["distill", str(teacher), "--data", str(data), "--student-layers", "2",
               "--student-ffn", "32", "--max-steps", "2", "--batch-size", "4", "--max-length", "32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     single = tmp_path / "single"

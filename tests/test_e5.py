@@ -32,7 +32,7 @@ def test_conversion_matches_reference_encoder(tmp_path: Path, xlmr_tokenizer_fil
     reference = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reference)
     ref_dir = reference.convert(str(e5.default_bin()), str(tmp_path / "ref"), str(xlmr_tokenizer_file))
-    ours = e5.convert(tmp_path / "ours", tokenizer_file=xlmr_tokenizer_file)
+    ours = e5.convert(tmp_path / "ours", e5.E5Config(tokenizer_file=str(xlmr_tokenizer_file)))
     tok = XLMRobertaTokenizerFast(tokenizer_file=str(xlmr_tokenizer_file))
     batch = tok(SENTENCES, padding=True, return_tensors="pt")
     outs = []

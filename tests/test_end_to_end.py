@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DATA
-from xlmr_compress.artifact import read_lineage
+from xlmr_compress.directory import read_lineage
 from xlmr_compress.demo import majority_baseline
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from xlmr_compress.metrics import MAIN_METRIC, compute_metrics, entities, normalize_answer
-from xlmr_compress.modeling import TASKS
+from xlmr_compress.directory import TASKS
 
 
 def test_accuracy_and_macro_f1_on_a_small_confusion():

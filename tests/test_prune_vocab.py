@@ -11,9 +11,10 @@ from transformers import XLMRobertaTokenizerFast
 
 from xlmr_compress import UserError, load
 from xlmr_compress.data import DataConfig, load_data
-from xlmr_compress.modeling import AUTO_CLASSES, tiny_config
-from xlmr_compress.prune import TrimConfig, trim_vocab
-from xlmr_compress.prune.vocab import split_texts
+from xlmr_compress.directory import auto_class
+from xlmr_compress.tiny import tiny_config
+from xlmr_compress.pruning import TrimConfig, trim_vocab
+from xlmr_compress.pruning.vocab import split_texts
 
 UMSAB_LANGUAGES = ["arabic", "english", "hindi"]
 
@@ -68,7 +69,7 @@ def test_real_tokenizer_trim_to_data(tmp_path: Path, xlmr_tokenizer_file: Path, 
     assert len(tokenizer) == 250002
     config = tiny_config(250002, num_hidden_layers=1, num_labels=3)
     torch.manual_seed(0)
-    model = AUTO_CLASSES["sequence-classification"].from_config(config)
+    model = auto_class("sequence-classification").from_config(config)
     src = tmp_path / "full"
     model.save_pretrained(src, safe_serialization=True)
     tokenizer.save_pretrained(src)
@@ -132,7 +133,7 @@ def test_mlm_head_rows_follow_the_vocabulary(tmp_path: Path):
     """A masked-LM checkpoint (no task head): the decoder and its bias keep exactly the kept rows."""
     from transformers import XLMRobertaForMaskedLM
 
-    from xlmr_compress.modeling import tiny_tokenizer
+    from xlmr_compress.tiny import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     torch.manual_seed(0)

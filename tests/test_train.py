@@ -13,7 +13,7 @@ import pytest
 
 from conftest import write_toy_data
 from xlmr_compress import FinetuneConfig, UserError, evaluate, finetune
-from xlmr_compress.artifact import read_lineage
+from xlmr_compress.directory import read_lineage
 from xlmr_compress.data import load_data
 from xlmr_compress.train import last_complete_checkpoint
 
@@ -27,7 +27,7 @@ def cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 def test_finetune_learns_and_records_lineage(tiny_encoder: Path, toy_data: Path, tmp_path: Path):
-    out = finetune(tiny_encoder, str(toy_data), tmp_path / "out", FinetuneConfig(**FAST))
+    out = finetune(tiny_encoder, tmp_path / "out", FinetuneConfig(**FAST), str(toy_data))
     result = evaluate(out, str(toy_data))
     assert result["overall"]["accuracy"] >= 0.9
     assert set(result["per_language"]) == {"en", "fr"}
@@ -41,7 +41,7 @@ def test_same_seed_same_model(tiny_encoder: Path, toy_data: Path, tmp_path: Path
     from safetensors.torch import load_file
 
     config = FinetuneConfig(**{**FAST, "epochs": 1}, seed=3)
-    runs = [load_file(finetune(tiny_encoder, str(toy_data), tmp_path / f"run{i}", config) / "model.safetensors")
+    runs = [load_file(finetune(tiny_encoder, tmp_path / f"run{i}", config, str(toy_data)) / "model.safetensors")
             for i in range(2)]
     assert runs[0].keys() == runs[1].keys() and any("classifier" in k for k in runs[0])
     assert all(runs[0][k].equal(runs[1][k]) for k in runs[0])  # the new head's initialisation included
@@ -51,9 +51,9 @@ def test_head_learning_rate_trains_the_head_alone_when_the_encoder_rate_is_zero(
                                                                                 tmp_path: Path):
     from safetensors.torch import load_file
 
-    runs = {lr: load_file(finetune(tiny_encoder, str(toy_data), tmp_path / f"head{lr}",
+    runs = {lr: load_file(finetune(tiny_encoder, tmp_path / f"head{lr}",
                                    FinetuneConfig(**{**FAST, "epochs": 1, "learning_rate": 0.0},
-                                                  head_learning_rate=lr)) / "model.safetensors")
+                                                  head_learning_rate=lr), str(toy_data)) / "model.safetensors")
             for lr in (None, 1e-2)}
     frozen, trained = runs[None], runs[1e-2]
     head = [k for k in frozen if k.startswith("classifier.")]
@@ -65,13 +65,13 @@ def test_output_checked_before_training(tiny_encoder: Path, toy_data: Path, tmp_
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(UserError, match="already exists"):
-        finetune(tiny_encoder, str(toy_data), tmp_path / "out", FinetuneConfig(**FAST))
+        finetune(tiny_encoder, tmp_path / "out", FinetuneConfig(**FAST), str(toy_data))
 
 
 def test_no_train_split(tiny_encoder: Path, toy_data: Path, tmp_path: Path):
     (toy_data / "train.csv").unlink()
     with pytest.raises(UserError, match="no train split"):
-        finetune(tiny_encoder, str(toy_data), tmp_path / "out", FinetuneConfig(**FAST))
+        finetune(tiny_encoder, tmp_path / "out", FinetuneConfig(**FAST), str(toy_data))
 
 
 def test_resume_after_sigkill(tiny_encoder: Path, tmp_path: Path):
@@ -117,7 +117,7 @@ def test_cli_errors_are_one_line(tiny_dir: Path, tmp_path: Path):
 
 
 def test_evaluate_cli_writes_json(tiny_encoder: Path, toy_data: Path, tmp_path: Path):
-    out = finetune(tiny_encoder, str(toy_data), tmp_path / "m", FinetuneConfig(**FAST))
+    out = finetune(tiny_encoder, tmp_path / "m", FinetuneConfig(**FAST), str(toy_data))
     res = cli("evaluate", str(out), "--data", str(toy_data), "--json", str(tmp_path / "m.json"))
     assert res.returncode == 0, res.stderr
     assert "overall" in res.stdout and "fr" in res.stdout

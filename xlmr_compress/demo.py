@@ -3,12 +3,18 @@ compressed. Each stage's directory is kept in the work directory, so a later run
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
+from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+import datasets
+import numpy as np
+import yaml
+
 from . import data as data_mod
-from .artifact import read_lineage
+from .configs import DemoConfig
+from .directory import read_lineage
 from .errors import UserError
 from .metrics import MAIN_METRIC, compute_metrics
 
@@ -61,14 +67,56 @@ def check_teacher(teacher: Path, data: data_mod.TaskData, margin: float = TEACHE
                         f"majority class (needs +{margin}); delete {teacher} to train it again")
 
 
-def run_demo(workdir: Path) -> dict:
+# chatterbot-corpus files name the same topic differently across languages; map each to its English name.
+CHATTERBOT_TOPICS = {
+    "ia": "ai", "computer": "computers", "coversations": "conversations", "dinero": "money",
+    "emociones": "emotion", "emotions": "emotion", "greeting": "greetings", "history_brasil": "history",
+    "origen": "botprofile", "perfilbot": "botprofile", "profile": "botprofile", "psicologia": "psychology",
+    "sport": "sports",
+}
+CHATTERBOT_MIN_EXAMPLES = 30
+YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's safe loader is 10x faster when present
+
+
+def chatterbot(config: data_mod.DataConfig) -> datasets.DatasetDict:
+    """The embedded default, registered as the `chatterbot` data source: chatterbot-corpus utterances labelled by
+    topic, split 80/10/10 per topic with the config's seed."""
+    try:
+        root = resources.files("chatterbot_corpus") / "data"
+    except ModuleNotFoundError as e:
+        raise UserError("the chatterbot corpus is not installed: pip install chatterbot-corpus==1.3.3") from e
+    seen, by_topic = set(), defaultdict(list)
+    for lang_dir in sorted(root.iterdir(), key=lambda p: p.name):
+        for file in sorted((f for f in lang_dir.iterdir() if f.name.endswith(".yml")), key=lambda p: p.name):
+            stem = file.name[: -len(".yml")].lower()
+            topic = CHATTERBOT_TOPICS.get(stem, stem)
+            corpus = yaml.load(file.read_text(encoding="utf-8"), Loader=YAML_LOADER)
+            for utterance in (u for conversation in corpus.get("conversations") or [] for u in conversation):
+                text = utterance.strip() if isinstance(utterance, str) else ""
+                if text and (text, topic) not in seen:
+                    seen.add((text, topic))
+                    by_topic[topic].append({"text": text, "label": topic, "language": lang_dir.name})
+    rng = np.random.default_rng(config.seed)
+    rows = defaultdict(list)
+    for topic in sorted(t for t, examples in by_topic.items() if len(examples) >= CHATTERBOT_MIN_EXAMPLES):
+        examples = [by_topic[topic][i] for i in rng.permutation(len(by_topic[topic]))]
+        n_eval = round(0.1 * len(examples))
+        rows["validation"] += examples[:n_eval]
+        rows["test"] += examples[n_eval:2 * n_eval]
+        rows["train"] += examples[2 * n_eval:]
+    return datasets.DatasetDict({split: datasets.Dataset.from_list(rows[split])
+                                 for split in ("train", "validation", "test")})
+
+
+def run_demo(config: DemoConfig | None = None) -> dict:
     """Fine-tune, evaluate and compress on the embedded default; print a summary table; return the figures."""
-    from .bench import BenchConfig, bench
-    from .distill import DistillConfig, distill
+    workdir = Path((config or DemoConfig()).workdir).expanduser()
+    from .distillation import DistillConfig, distill
     from .e5 import convert
-    from .export.onnx import export_onnx
-    from .prune import PruneConfig, TrimConfig, prune, trim_vocab
-    from .quantize.onnx import quantize
+    from .measure import BenchConfig, run_bench
+    from .onnx_export import export
+    from .pruning import PruneConfig, TrimConfig, prune, trim_vocab
+    from .quantization.onnx import quantize
     from .train import FinetuneConfig, finetune
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -77,14 +125,14 @@ def run_demo(workdir: Path) -> dict:
           f"{len(data.languages('train'))} languages, "
           + ", ".join(f"{k} {len(v)}" for k, v in data.splits.items()))
     encoder = stage(workdir, "e5-small", lambda out: convert(out))
-    teacher = stage(workdir, "teacher", lambda out: finetune(encoder, data, out, FinetuneConfig(**TEACHER_CONFIG)))
+    teacher = stage(workdir, "teacher", lambda out: finetune(encoder, out, FinetuneConfig(**TEACHER_CONFIG), data))
     check_teacher(teacher, data)
-    student = stage(workdir, "student", lambda out: distill(teacher, data, out, DistillConfig(**DISTILL_CONFIG)))
+    student = stage(workdir, "student", lambda out: distill(teacher, out, DistillConfig(**DISTILL_CONFIG), data))
     pruned = stage(workdir, "pruned", lambda out: prune(teacher, out, PruneConfig(**PRUNE_CONFIG), data=data))
     trimmed = stage(workdir, "trimmed", lambda out: trim_vocab(pruned, out, TrimConfig(), data=data))
-    exported = stage(workdir, "onnx", lambda out: export_onnx(trimmed, out))
+    exported = stage(workdir, "onnx", lambda out: export(trimmed, out))
     int8 = stage(workdir, "int8", lambda out: quantize(exported, out))
-    report = bench([teacher, student, pruned, trimmed, exported, int8], BenchConfig(**BENCH_CONFIG), data)
+    report = run_bench([teacher, student, pruned, trimmed, exported, int8], BenchConfig(**BENCH_CONFIG), data)
     metric = MAIN_METRIC[data.task]
     rows = {"majority class": majority_baseline(data)["overall"]}
     rows.update({name: result["overall"] for name, result in report.accuracy.items()})

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
 
-from . import artifact
+from . import directory
+from .configs import E5Config
 from .errors import UserError
 
 BLOCK = 32
@@ -131,10 +132,11 @@ def tokenizer_from_pieces(pieces: list[tuple[str, float]], unk: int, deleted: li
     return XLMRobertaTokenizerFast(tokenizer_object=tok, model_max_length=512)
 
 
-def convert(out_dir: str | Path, bin_path: str | Path | None = None, tokenizer_file: str | Path | None = None,
-            num_layers: int | None = None) -> Path:
+def convert(out: str | Path, config: E5Config | None = None) -> Path:
     """Write e5-small as an XLM-R encoder directory (fp32 safetensors, config, tokenizer, lineage)."""
-    bin_path = Path(bin_path) if bin_path else default_bin()
+    config = config or E5Config()
+    bin_path = Path(config.bin) if config.bin else default_bin()
+    tokenizer_file, num_layers = config.tokenizer_file, config.num_layers
     head, pieces, T = read(bin_path)
     vocab, pad, H = len(pieces), head["pad"], head["H"]
     layers = num_layers or head["NL"]
@@ -166,8 +168,8 @@ def convert(out_dir: str | Path, bin_path: str | Path | None = None, tokenizer_f
         tokenizer = XLMRobertaTokenizerFast(tokenizer_file=str(tokenizer_file), model_max_length=512)
     else:
         tokenizer = tokenizer_from_pieces(pieces, head["unk"], head["deleted"])
-    with artifact.atomic_output(out_dir, overwrite=True) as tmp:
-        artifact.save_model(model, tokenizer, tmp)
-        artifact.record_stage(tmp, "e5-convert", {"bin": str(bin_path), "tokenizer": str(tokenizer_file or "pieces"),
+    with directory.atomic_output(out, overwrite=True) as tmp:
+        directory.save_model(model, tokenizer, tmp)
+        directory.record_stage(tmp, "e5-convert", {"bin": str(bin_path), "tokenizer": str(tokenizer_file or "pieces"),
                                                   "num_layers": layers}, model=model)
-    return Path(out_dir)
+    return Path(out)

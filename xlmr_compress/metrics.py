@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .modeling import check_task
+from .directory import check_task
 
 PUNCTUATION = frozenset(string.punctuation)
 MAIN_METRIC = {"sequence-classification": "macro_f1", "token-classification": "f1", "question-answering": "f1"}

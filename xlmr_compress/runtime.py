@@ -10,15 +10,9 @@ import numpy as np
 import torch
 
 from . import data as data_mod
-from . import metrics, modeling
+from . import directory, metrics
+from .console import progress
 from .errors import UserError
-
-PRECISION_KEY = "xlmr_compress.precision"  # ONNX metadata written by export: "fp32" or "fp16" (fp16 needs a GPU)
-OUTPUTS = {
-    "sequence-classification": ("logits",),
-    "token-classification": ("logits",),
-    "question-answering": ("start_logits", "end_logits"),
-}
 
 
 @dataclass
@@ -38,24 +32,27 @@ class Predictor:
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None, provider: str | None = None,
              **options: Any) -> Predictor:
-        """A predictor for a torch (model.safetensors) or ONNX (model.onnx) model directory."""
-        path = Path(model_dir)
-        if (path / "model.onnx").is_file() and not (path / "model.safetensors").is_file():
-            return cls.from_onnx(path, device, threads, provider)
+        """A predictor for any model directory kind (torch, pruned, torch int8, ONNX)."""
+        info = directory.inspect(model_dir)
+        if info.is_onnx:
+            model, tokenizer = directory.load(model_dir, device=device, threads=threads, provider=provider)
+            return cls(model, tokenizer, model.task, info.label_names, "onnx", model)
         if provider:
-            raise UserError(f"--provider {provider} applies to ONNX models, but {path} holds torch weights: "
+            raise UserError(f"--provider {provider} applies to ONNX models, but {model_dir} holds torch weights: "
                             "export it first (xlmr-compress export) or drop --provider")
         if threads:
             torch.set_num_threads(threads)
-        model, tokenizer = modeling.load(model_dir, **options)
+        model, tokenizer = directory.load(model_dir, **options)
         return cls.from_torch(model, tokenizer, device)
 
     @classmethod
     def from_torch(cls, model: Any, tokenizer: Any, device: str = "cpu") -> Predictor:
         """Wrap an in-memory torch model (used during training, before anything is saved)."""
         check_device(device)
-        task = modeling.task_of(model.config) or task_of_instance(model)
-        names = OUTPUTS[task]
+        task = directory.task_of(model)
+        if task is None:
+            raise UserError(f"{type(model).__name__} has no task head: fine-tune it for a task first")
+        names = directory.OUTPUTS[task]
         model = model.to(device).eval()
 
         @torch.inference_mode()
@@ -64,92 +61,7 @@ class Predictor:
             out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
             return {n: out[n].float().cpu().numpy() for n in names}
 
-        return cls(run, tokenizer, task, label_names_of(model.config, task), "torch", model)
-
-    @classmethod
-    def from_onnx(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None,
-                  provider: str | None = None) -> Predictor:
-        """An ONNX Runtime session over an ONNX directory (model.onnx, config.json, tokenizer), checked against its
-        config."""
-        import onnxruntime as ort
-
-        path = Path(model_dir)
-        config = modeling.load_config(path)
-        task = modeling.task_of(config)
-        if task is None:
-            raise UserError(f"{path}/config.json names no task head (architectures): re-export the model")
-        tokenizer = modeling.load_tokenizer(path)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        try:
-            session = ort.InferenceSession(str(path / "model.onnx"), options,
-                                           providers=onnx_providers(device, provider))
-        except Exception as e:  # noqa: BLE001  onnxruntime's Fail, InvalidProtobuf, ... derive from Exception alone
-            raise UserError(f"onnxruntime cannot load {path / 'model.onnx'} ({str(e).splitlines()[0][:200]}): "
-                            "re-export the model") from None
-        check_onnx(session, config, task, path, device)
-        names = list(OUTPUTS[task])
-        extra = {i.name for i in session.get_inputs()} - {"input_ids", "attention_mask"}
-
-        def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            feed = {k: np.asarray(batch[k], dtype=np.int64) for k in ("input_ids", "attention_mask")}
-            feed.update({k: np.zeros_like(feed["input_ids"]) for k in extra})  # token_type_ids of other exporters
-            return {n: o.astype(np.float32, copy=False) for n, o in zip(names, session.run(names, feed), strict=True)}
-
-        return cls(run, tokenizer, task, label_names_of(config, task), "onnx", session)
-
-
-def onnx_providers(device: str = "cpu", provider: str | None = None) -> list:
-    """ONNX Runtime execution providers for a device (or an explicit provider), with CPU as the fallback."""
-    import onnxruntime as ort
-
-    if not device.startswith(("cpu", "cuda")):
-        raise UserError(f"unknown device {device!r}: use cpu or cuda[:N]")
-    provider = provider or ("CUDAExecutionProvider" if device.startswith("cuda") else "CPUExecutionProvider")
-    available = ort.get_available_providers()
-    if provider not in available:
-        raise UserError(f"ONNX Runtime provider {provider} is not available in this onnxruntime build (it has "
-                        f"{', '.join(available)}): install onnxruntime-gpu for CUDA, or use --device cpu")
-    if provider == "CUDAExecutionProvider":
-        return [(provider, {"device_id": int(device.partition(":")[2] or 0)}), "CPUExecutionProvider"]
-    return list(dict.fromkeys([provider, "CPUExecutionProvider"]))
-
-
-def check_onnx(session: Any, config: Any, task: str, path: Path, device: str = "cpu") -> None:
-    """Refuse an ONNX graph whose inputs, outputs or label count do not match config.json, or fp16 on CPU."""
-    inputs = {i.name for i in session.get_inputs()}
-    outputs = {o.name: o.shape for o in session.get_outputs()}
-    where = f"{path / 'model.onnx'} does not match {path / 'config.json'}"
-    if not {"input_ids", "attention_mask"} <= inputs or not inputs <= {"input_ids", "attention_mask", "token_type_ids"}:
-        raise UserError(f"{where}: its inputs are {sorted(inputs)}, expected input_ids and attention_mask; re-export")
-    missing = [n for n in OUTPUTS[task] if n not in outputs]
-    if missing:
-        raise UserError(f"{where}: config says {task} but the graph lacks output {missing[0]} (it has "
-                        f"{sorted(outputs)}); re-export the model or restore its config.json")
-    width = outputs[OUTPUTS[task][0]][-1]
-    if task != "question-answering" and isinstance(width, int) and width != config.num_labels:
-        raise UserError(f"{where}: the graph has {width} labels, config.json {config.num_labels}; re-export the model "
-                        "or restore its config.json")
-    precision = session.get_modelmeta().custom_metadata_map.get(PRECISION_KEY)
-    if precision == "fp16" and "CUDAExecutionProvider" not in session.get_providers():
-        raise UserError(f"{path} is an fp16 graph, which runs on GPU only: use --device cuda with onnxruntime-gpu, "
-                        "or export in fp32 and quantize to int8 for CPU")
-
-
-def task_of_instance(model: Any) -> str:
-    """The task of a torch model from its head class, when config.architectures does not say."""
-    for suffix, task in modeling.HEAD_SUFFIX.items():
-        if type(model).__name__.endswith(suffix):
-            return task
-    raise UserError(f"{type(model).__name__} has no task head: fine-tune it for a task first")
-
-
-def label_names_of(config: Any, task: str) -> list[str]:
-    """The head's label names in index order ([] for QA)."""
-    if task == "question-answering":
-        return []
-    return [config.id2label[i] for i in range(config.num_labels)]
+        return cls(run, tokenizer, task, directory.label_names_of(model.config, task), "torch", model)
 
 
 def check_device(device: str) -> None:
@@ -168,7 +80,7 @@ def predict(predictor: Predictor, features: Any, batch_size: int = 64) -> dict[s
     inputs = features.select_columns(["input_ids", "attention_mask"])
     width = int(lengths.max()) if len(features) else 0
     chunks: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(order), batch_size):
+    for start in progress(range(0, len(order), batch_size), desc="predicting", unit="batch", leave=False):
         columns = inputs[order[start:start + batch_size].tolist()]
         batch = collate([dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)])
         out = predictor({k: batch[k].numpy() for k in ("input_ids", "attention_mask")})

@@ -4,42 +4,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments, set_seed
 
-from . import artifact, modeling, runtime
+from . import directory, runtime, shard
+from .configs import FinetuneConfig
+from .console import interactive
 from .data import DataConfig, TaskData, collator, encode, load_data
 from .errors import UserError
 from .metrics import MAIN_METRIC
-
-
-@dataclass
-class FinetuneConfig:
-    """Options of `finetune`; each field is a flag of `xlmr-compress finetune`."""
-
-    epochs: float = 3.0
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    head_learning_rate: float | None = None  # of the task head, which starts from random weights
-    weight_decay: float = 0.01
-    warmup: float = 0.1  # fraction of the training steps
-    max_length: int = 128
-    stride: int = 32
-    grad_accum: int = 1
-    freeze_embeddings: bool = False  # keeps the 250k-row word embedding fixed: far cheaper on a CPU
-    precision: str = "auto"  # auto | fp32 | fp16 | bf16
-    seed: int = 42
-    eval_split: str = "validation"
-    save_steps: int | None = None  # checkpoint every N steps (default: every epoch)
-    max_steps: int = -1
-    early_stopping: int | None = None  # stop after N evaluations without improvement
-    resume: bool = False
-    overwrite: bool = False
-    logging_steps: int = 50
+from .options import check_choices
+from .surgery import layer_shapes
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -47,8 +26,6 @@ def precision_flags(precision: str) -> dict[str, bool]:
     cuda = torch.cuda.is_available()
     if precision == "auto":
         precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "fp32"
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise UserError(f"unknown precision {precision!r}: use auto, fp32, fp16 or bf16")
     if precision == "fp16" and not cuda:
         raise UserError("fp16 training needs a CUDA GPU: use --precision fp32 or bf16 on a CPU")
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
@@ -73,9 +50,11 @@ def training_arguments(checkpoints: Path, config: Any, task: str, **extra: Any) 
         eval_steps=steps, save_steps=steps, save_total_limit=2, load_best_model_at_end=True,
         metric_for_best_model=MAIN_METRIC[task], greater_is_better=True,
         logging_steps=config.logging_steps, report_to="none", remove_unused_columns=False,
+        disable_tqdm=not interactive(),
         train_sampling_strategy="group_by_length", dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         **precision_flags(config.precision), **cpu_processes(), **extra,
+        **(shard.training_arguments(precision_flags(config.precision)) if config.shard else {}),
     )
 
 
@@ -87,6 +66,14 @@ class TaskTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.task_data, self.eval_split, self.max_length, self.stride = task_data, eval_split, max_length, stride
         self.head_learning_rate = head_learning_rate
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's; under --shard the checkpoint folder is made at once on every rank. Trainer looks for the best
+        checkpoint's folder before it writes the shards into it, so ranks disagreed on the best checkpoint and
+        deadlocked in load_best_model_at_end (transformers 5.24, SHARDED_STATE_DICT)."""
+        super().save_model(output_dir, _internal_call)
+        if self.is_fsdp_enabled:
+            os.makedirs(output_dir or self.args.output_dir, exist_ok=True)
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         """Trainer's AdamW, with the task head's parameters in groups of their own at head_learning_rate if set."""
@@ -155,37 +142,42 @@ def eval_split_of(task_data: TaskData, wanted: str) -> str:
     raise UserError("the data has no validation or test split to evaluate on: add a dev/validation file")
 
 
-def as_task_data(data: TaskData | DataConfig | str) -> TaskData:
-    """Accept loaded data, a DataConfig, or a path/name."""
+def as_task_data(data: TaskData | DataConfig | str | None) -> TaskData:
+    """Accept loaded data, a DataConfig, or a path/name; training without data is refused."""
+    if data is None:
+        raise UserError("this stage trains on task data: give --data (a file, a directory or a data set name)")
     return data if isinstance(data, TaskData) else load_data(data)
 
 
 def finetune(
-    model: str | Path | PreTrainedModel,
-    data: TaskData | DataConfig | str,
-    out_dir: str | Path,
+    src: str | Path | PreTrainedModel,
+    out: str | Path,
     config: FinetuneConfig | None = None,
+    data: TaskData | DataConfig | str | None = None,
     tokenizer: Any = None,
 ) -> Path:
     """Fine-tune an XLM-R (a directory, hub id or model) on task data; write the best checkpoint as a model
     directory."""
     config = config or FinetuneConfig()
+    check_choices(config)
+    if config.shard:
+        shard.check_launch()
     task_data = as_task_data(data)
     if "train" not in task_data.splits:
         raise UserError("the data has no train split: give a directory with a train file")
-    artifact.check_output(out_dir, config.overwrite)
-    checkpoints, last = prepare_checkpoints(out_dir, config.resume)
-    parent = None
-    if isinstance(model, (str, Path)):
-        parent = model
+    directory.check_output(out, config.overwrite)
+    checkpoints, last = prepare_checkpoints(out, config.resume)
+    parent, model = None, src
+    if isinstance(src, (str, Path)):
+        parent = src
         set_seed(config.seed)  # a new task head is initialised at load: the seed must cover it, not only training
-        model, tokenizer = modeling.load(model, task_data.task, label_names=task_data.label_names)
+        model, tokenizer = directory.load(src, task_data.task, label_names=task_data.label_names)
     elif tokenizer is None:
         raise UserError("finetune() with a model object needs its tokenizer too: pass tokenizer=")
     if config.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     eval_split = eval_split_of(task_data, config.eval_split)
-    labels = runtime.label_names_of(model.config, task_data.task) or None
+    labels = directory.label_names_of(model.config, task_data.task) or None
     train_features = encode(task_data, "train", tokenizer, config.max_length, config.stride, label_names=labels)
     eval_features = encode(task_data, eval_split, tokenizer, config.max_length, config.stride, label_names=labels)
     trainer = TaskTrainer(
@@ -196,11 +188,14 @@ def finetune(
         task_data=task_data, eval_split=eval_split, max_length=config.max_length, stride=config.stride,
         head_learning_rate=config.head_learning_rate,
     )
+    if config.shard:
+        shard.check_sharded(trainer)
     trainer.train(resume_from_checkpoint=last)
+    trained, extra = shard.finish(trainer) if config.shard else (trainer.model, None)
     if trainer.is_world_process_zero():
-        save_trained(trainer.model, tokenizer, task_data, out_dir, "finetune", asdict(config), parent, config)
+        save_trained(trained, tokenizer, task_data, out, "finetune", asdict(config), parent, config, extra)
         shutil.rmtree(checkpoints, ignore_errors=True)
-    return Path(out_dir)
+    return Path(out)
 
 
 def early_stopping(patience: int | None) -> list:
@@ -221,9 +216,9 @@ def save_trained(model: PreTrainedModel, tokenizer: Any, task_data: TaskData, ou
             measured[split] = runtime.evaluate(predictor, task_data, split, max_length=config.max_length,
                                                stride=config.stride)
     model.to("cpu")
-    with artifact.atomic_output(out_dir, config.overwrite) as tmp:
-        if hasattr(model.config, modeling.SHAPES_KEY):
-            setattr(model.config, modeling.SHAPES_KEY, modeling.layer_shapes(model))
-        artifact.save_model(model, tokenizer, tmp)
-        artifact.record_stage(tmp, stage, options, parent, measured, model=model)
+    with directory.atomic_output(out_dir, config.overwrite) as tmp:
+        if hasattr(model.config, directory.SHAPES_KEY):
+            setattr(model.config, directory.SHAPES_KEY, layer_shapes(model))
+        directory.save_model(model, tokenizer, tmp)
+        directory.record_stage(tmp, stage, options, parent, measured, model=model)
     return measured

@@ -1,0 +1,99 @@
+"""compress: recipe checks before any work, the search with fallbacks, resume, the report, an unreachable budget."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import xlmr_compress as xc
+from xlmr_compress.cli import main
+from xlmr_compress.compression.recipe import load_recipe
+
+FAST = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "max_length": 16, "logging_steps": 1000}
+
+
+def write_recipe(path: Path, student_layers: list, backends: list[dict], **settings: object) -> Path:
+    import yaml
+
+    recipe = {
+        "finetune": {**FAST, "epochs": 4},
+        "distill": {"share": 1.0, "settings": {**FAST, "epochs": 3, **settings},
+                    "candidates": [None if k is None else {"student_layers": k} for k in student_layers]},
+        "backends": backends,
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture
+def toy_teacher(tmp_path: Path, toy_data: Path, tiny_encoder: Path) -> Path:
+    return xc.finetune(tiny_encoder, tmp_path / "teacher", xc.FinetuneConfig(**{**FAST, "epochs": 4}), toy_data)
+
+
+def test_the_default_recipe_is_valid_and_shipped():
+    recipe = load_recipe()
+    assert [s.stage for s in recipe.steps] == ["distill", "prune", "trim-vocab"]
+    assert {b["stage"] for b in recipe.backends} == {"torch", "export", "quantize"}
+    assert "student_layers" in recipe.text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("distil: {candidates: [{student_layers: 2}]}", "unknown stage 'distil'"),
+    ("distill: {candidates: [{student_layer: 2}]}", "unknown option 'student_layer'"),
+    ("distill: {candidates: [{preset: fastest}]}", "choose one of fast, balanced, quality"),
+    ("distill: {candidates: [{student_layers: two}]}", "takes int values"),
+    ("backends: [{stage: onnx}]", "every backend needs stage"),
+    ("distill: [", "not valid YAML"),
+])
+def test_a_bad_recipe_fails_in_one_line_before_any_work(tmp_path, toy_data, tiny_dir, text, message):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    with pytest.raises(xc.UserError, match=message) as e:
+        xc.compress(tiny_dir, tmp_path / "out", xc.CompressConfig(recipe=str(recipe)), toy_data)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compress_chooses_resumes_and_reports(tmp_path, toy_data, toy_teacher, capsys):
+    recipe = write_recipe(tmp_path / "recipe.yaml", [1], [{"stage": "torch"}, {"stage": "export", "optimize": False},
+                                                         {"stage": "quantize", "mode": "dynamic"}])
+    out = tmp_path / "out"
+    config = xc.CompressConfig(max_drop=100.0, recipe=str(recipe), repeats=3, memory=False)
+    best = xc.compress(toy_teacher, out, config, toy_data)
+    results = json.loads((out / "results.json").read_text())
+    names = [c["model"] for c in results["candidates"]]
+    assert {"teacher", "teacher-onnx"} <= set(names) and len(names) == 5
+    chosen = next(c for c in results["candidates"] if c["chosen"])
+    fastest = min((c for c in results["candidates"] if c["model"] not in ("teacher", "teacher-onnx")),
+                  key=lambda c: c["p50_ms"])
+    assert chosen["model"] == fastest["model"] == results["chosen"]
+    assert set(results["test"]) == {"teacher", "best"} and "per_language" in results["test"]["best"]
+    assert (out / "report.md").read_text().count("distill-student_layers1") >= 1
+    assert (out / "pareto.png").stat().st_size > 0 and (out / "recipe.yaml").is_file()
+    assert xc.inspect(best).task == "sequence-classification"
+    assert xc.load(best)[0] is not None
+    lineage = json.loads((best / "compression.json").read_text())["stages"]
+    assert lineage[-1]["stage"] == "compress" and any(s["stage"] == "distill" for s in lineage)
+    inherited = len(xc.read_lineage(toy_teacher)["stages"])
+    for stage in lineage[inherited:]:
+        assert "test" not in stage["measured"], "the search must never score the test split"
+    capsys.readouterr()
+    again = xc.compress(toy_teacher, out, config, toy_data)
+    log = capsys.readouterr().out
+    assert "reusing the finished candidate" in log and "running distill" not in log
+    assert json.loads((out / "results.json").read_text())["chosen"] == results["chosen"]
+    assert again == best
+
+
+def test_an_unreachable_budget_exits_nonzero_with_a_report(tmp_path, toy_data, toy_teacher, capsys):
+    # a fresh one-layer student trained for one step: far below the teacher, and no `null` to skip distillation
+    recipe = write_recipe(tmp_path / "recipe.yaml", [1], [{"stage": "torch"}], max_steps=1, student_init="fresh")
+    out = tmp_path / "out"
+    code = main(["compress", str(toy_teacher), "--data", str(toy_data), "--out", str(out), "--max-drop", "0",
+                 "--recipe", str(recipe), "--repeats", "2", "--no-memory"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: no candidate is within --max-drop 0") and "\n" not in err
+    assert "distill-student_layers1" in err
+    assert (out / "report.md").is_file() and not (out / "best").exists()

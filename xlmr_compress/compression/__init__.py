@@ -1,0 +1,117 @@
+"""`compress`: the fastest model within an accuracy budget, on this machine, in one command.
+
+From a fine-tuned teacher (fine-tuned first when it has no task head), the recipe's lossy stages run with their
+fallbacks on the validation split (search.py), every backend of the kept model is timed here with the bench harness
+beside the teacher in torch and in ONNX, and the fastest backend within `max_drop` becomes OUT/best. The test split
+is scored once, for the report, on the teacher and on best (report.py).
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from .. import data as data_mod
+from .. import directory
+from ..configs import CompressConfig
+from ..errors import UserError
+from .recipe import load_recipe
+from .report import write_report
+from .search import Search, within_budget
+
+
+def compress(src: str | Path, out: str | Path, config: CompressConfig | None = None,
+             data: data_mod.TaskData | data_mod.DataConfig | str | None = None) -> Path:
+    """Search the recipe for the fastest model within `max_drop`; write OUT/best, report.md, results.json and
+    pareto.png. Rerunning the same command resumes: finished candidates are reused."""
+    config = config or CompressConfig()
+    recipe = load_recipe(config.recipe)
+    if config.max_drop < 0:
+        raise UserError(f"--max-drop {config.max_drop} is negative: give the points you accept to lose (0 or more)")
+    if data is None:
+        raise UserError("compress scores candidates on task data: pass --data (with train and validation splits)")
+    task_data = data if isinstance(data, data_mod.TaskData) else data_mod.load_data(data)
+    for split in ("train", "validation"):
+        if split not in task_data.splits:
+            raise UserError(f"the data has no {split} split: compress trains on train and selects on validation; "
+                            f"add a {'dev' if split == 'validation' else 'train'} file")
+    out = Path(out).resolve()
+    if out.is_file():
+        raise UserError(f"{out} is a file: give a directory for --out")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.yaml").write_text(recipe.text, encoding="utf-8")
+    search_data = searchable(task_data, config)
+    search = Search(out, search_data, recipe, config.max_drop, config.max_length)
+    teacher = with_head(Path(src), search, recipe)
+    name, model = search.lossy(teacher)
+    candidates = search.backends(name, model)
+    reference = search.build("export", teacher, "teacher+export-reference", {"optimize": False})
+    rows, accuracy = time_candidates(search, teacher, reference, candidates, config)
+    base = search.score("teacher", teacher)
+    scored = []
+    for cname in candidates:
+        drop = search.drop(base, accuracy[cname])
+        scored.append({"name": cname, "drop": drop, **rows[cname], "within": within_budget(drop, config.max_drop)})
+    chosen = min((c for c in scored if c["within"]), key=lambda c: c["p50_ms"], default=None)
+    best = None
+    if chosen is not None:
+        best = publish(candidates[chosen["name"]], out / "best", config, chosen)
+    report = write_report(out, search, config, teacher, scored, rows, chosen, best, task_data)
+    if chosen is None:
+        closest = min(scored, key=lambda c: c["drop"])
+        raise UserError(f"no candidate is within --max-drop {config.max_drop:g}: the closest is {closest['name']} at "
+                        f"{closest['drop']:.2f} points (report: {report}); raise --max-drop or add gentler candidates "
+                        "to the recipe")
+    return out / "best"
+
+
+def searchable(task_data: data_mod.TaskData, config: CompressConfig) -> data_mod.TaskData:
+    """The data the stages see: train (optionally a seeded subset) and validation, never test."""
+    train = task_data.splits["train"]
+    if config.train_examples and config.train_examples < len(train):
+        train = train.shuffle(seed=config.seed).select(range(config.train_examples))
+    return data_mod.TaskData(task_data.task, task_data.label_names,
+                             {"train": train, "validation": task_data.splits["validation"]})
+
+
+def with_head(src: Path, search: Search, recipe) -> Path:
+    """The teacher: MODEL itself, or MODEL fine-tuned first when it is a bare encoder."""
+    if directory.inspect(src).task is not None:
+        return src
+    search.progress.log(f"{src} has no task head: fine-tuning it first, as finetune would")
+    return search.build("finetune", src, "teacher", recipe.finetune)
+
+
+def time_candidates(search: Search, teacher: Path, reference: Path, candidates: dict[str, Path],
+                    config: CompressConfig) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Latency, size and memory of every candidate beside the teacher in torch and ONNX, in one interleaved run,
+    and their validation scores; rows keyed by candidate name (and "teacher", "teacher-onnx")."""
+    from ..measure import BenchConfig, run_bench
+
+    dirs = {"teacher": teacher, "teacher-onnx": reference, **candidates}
+    links = search.out / "timed"
+    shutil.rmtree(links, ignore_errors=True)
+    links.mkdir()
+    for label, path in dirs.items():  # the bench names variants by directory name: give each its label
+        (links / label).symlink_to(Path(path).resolve(), target_is_directory=True)
+    bench_config = BenchConfig(batch_sizes=[config.latency_batch],
+                               seq_lengths=[config.latency_length] if config.latency_length else [],
+                               data_lengths=config.latency_length is None, threads=[config.threads] if config.threads
+                               else None, repeats=config.repeats, warmup=3, memory=config.memory, split="validation",
+                               max_length=config.max_length, baseline="teacher")
+    search.progress.log(f"timing {len(dirs)} models on this machine, interleaved ({config.repeats} rounds)")
+    result = run_bench([links / label for label in dirs], bench_config, search.data)
+    shutil.rmtree(links, ignore_errors=True)
+    rows = {r["variant"]: r for r in result.primary}
+    for label, accuracy in result.accuracy.items():
+        search.state["validation"].setdefault(label, accuracy)
+    return rows, result.accuracy
+
+
+def publish(chosen: Path, best: Path, config: CompressConfig, measured: dict) -> Path:
+    """Copy the chosen candidate to OUT/best atomically, its lineage extended by the compress decision."""
+    with directory.atomic_output(best, overwrite=True) as tmp:
+        shutil.copytree(chosen, tmp, dirs_exist_ok=True)
+        directory.record_stage(tmp, "compress", asdict(replace(config)), parent=chosen,
+                               metrics={k: v for k, v in measured.items() if k != "within"})
+    return best

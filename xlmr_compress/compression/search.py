@@ -1,0 +1,142 @@
+"""The accuracy-aware search: lossy stages with fallbacks on the validation split, then every backend timed here.
+
+Each lossy stage may spend its share of the budget (shares not spent carry over): its candidates are tried from the
+most compression to the least, and the first within the running allowance is kept. Every candidate is a finished
+model directory under OUT/candidates, named by the chain of settings that made it, so a rerun reuses it; validation
+scores are kept in OUT/state.json. The stages never see the test split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import data as data_mod
+from ..metrics import MAIN_METRIC
+from ..runtime import evaluate
+from ..stages import STAGES
+from .recipe import Recipe, slug
+
+
+class Progress:
+    """One line per event: which candidate and stage, time spent, and an estimate of what is left."""
+
+    def __init__(self, total: int) -> None:
+        self.start, self.total, self.done = time.perf_counter(), max(total, 1), 0
+
+    def log(self, message: str) -> None:
+        elapsed = time.perf_counter() - self.start
+        left = "" if not self.done else f", about {_minutes(elapsed / self.done * (self.total - self.done))} left"
+        print(f"[compress {self.done}/{self.total}, {_minutes(elapsed)}{left}] {message}", flush=True)
+
+    def step(self) -> None:
+        self.done = min(self.done + 1, self.total)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+class Search:
+    """State of one compress run in its working directory: candidates built, validation scores, the path taken."""
+
+    def __init__(self, out: Path, data: data_mod.TaskData, recipe: Recipe, max_drop: float, max_length: int) -> None:
+        self.out, self.data, self.recipe = out, data, recipe
+        self.max_drop, self.max_length = max_drop, max_length
+        self.metric = MAIN_METRIC[data.task]
+        self.candidates = out / "candidates"
+        self.state_file = out / "state.json"
+        self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"validation": {}}
+        self.path: list[dict] = []
+        count = sum(len(s.candidates) for s in recipe.steps) + len(recipe.backends) + 3
+        self.progress = Progress(count)
+
+    def build(self, stage: str, src: Path, name: str, options: dict[str, Any]) -> Path:
+        """The candidate directory `name`, made by `stage` from `src` unless a previous run finished it."""
+        out = self.candidates / name
+        if out.is_dir():
+            self.progress.log(f"{name}: reusing the finished candidate")
+            return out
+        command = STAGES[stage]
+        config_cls = command.config_class()
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        values = {**options, **({"resume": True} if "resume" in fields else {})}
+        self.progress.log(f"{name}: running {stage} {json.dumps(options, default=str)}")
+        started = time.perf_counter()
+        command.function()(src, out, config_cls(**values), self.data if command.data else None)
+        self.progress.log(f"{name}: {stage} done in {_minutes(time.perf_counter() - started)}")
+        return out
+
+    def score(self, name: str, model_dir: Path) -> dict:
+        """Validation metrics of a candidate (cached in state.json)."""
+        if name not in self.state["validation"]:
+            self.progress.log(f"{name}: evaluating on {len(self.data.splits['validation'])} validation examples")
+            self.state["validation"][name] = evaluate(model_dir, self.data, "validation",
+                                                      max_length=self.max_length)
+            self._save_state()
+        return self.state["validation"][name]
+
+    def drop(self, reference: dict, result: dict) -> float:
+        """Points of the main metric lost against the reference (negative: a gain)."""
+        return 100 * (reference["overall"][self.metric] - result["overall"][self.metric])
+
+    def lossy(self, teacher: Path) -> tuple[str, Path]:
+        """Run the lossy steps with their fallbacks; the name and directory of the torch model kept."""
+        base = self.score("teacher", teacher)
+        name, current, allowance = "teacher", teacher, 0.0
+        for step in self.recipe.steps:
+            allowance += step.share * self.max_drop
+            tried: list[tuple[float, str, Path]] = []
+            for options in step.candidates:
+                self.progress.step()
+                if options is None:
+                    self.path.append({"stage": step.stage, "choice": "skipped", "allowance": allowance})
+                    self.progress.log(f"{step.stage}: skipped (every candidate before cost more than its share)")
+                    break
+                cname = f"{step.stage}-{slug(options)}" if name == "teacher" else f"{name}+{step.stage}-{slug(options)}"
+                built = self.build(step.stage, current, cname, {**step.settings, **options})
+                drop = self.drop(base, self.score(cname, built))
+                kept = drop <= allowance
+                self.path.append({"stage": step.stage, "candidate": cname, "options": options, "drop": drop,
+                                  "allowance": allowance, "kept": kept})
+                self.progress.log(f"{cname}: validation drop {drop:+.2f} points, allowance {allowance:.2f}: "
+                                  + ("kept" if kept else "falling back"))
+                if kept:
+                    name, current = cname, built
+                    break
+                tried.append((drop, cname, built))
+            else:
+                drop, name, current = min(tried, key=lambda t: t[0])
+                self.path.append({"stage": step.stage, "choice": "exhausted", "candidate": name, "drop": drop})
+                self.progress.log(f"{step.stage}: no candidate within its allowance and no null to skip it: the "
+                                  f"search goes on with the closest, {name} ({drop:+.2f} points), and stops here")
+                return name, current
+        return name, current
+
+    def backends(self, name: str, model: Path) -> dict[str, Path]:
+        """Every backend of the kept model: torch itself, ONNX exports and int8 quantizations (candidates all)."""
+        built = {}
+        for spec in self.recipe.backends:
+            self.progress.step()
+            if spec["stage"] == "torch":
+                built[name] = model
+                continue
+            options = {k: v for k, v in spec.items() if k != "stage"}
+            if spec["stage"] == "quantize":
+                options.setdefault("eval_split", None)  # compress scores every backend itself, on validation
+            cname = f"{name}+{spec['stage']}-{slug({k: v for k, v in options.items() if k != 'eval_split'})}"
+            built[cname] = self.build(spec["stage"], model, cname, options)
+        return built
+
+    def _save_state(self) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1, default=str) + "\n")
+        os.replace(tmp, self.state_file)
+
+
+def within_budget(drop: float, max_drop: float) -> bool:
+    """Whether a drop in points is within the budget (a hair of float slack, so 0 allows exact ties)."""
+    return drop <= max_drop + 1e-9

@@ -1,0 +1,1 @@
+"""Loaders of the directory kinds beyond plain torch, registered with `directory.register` when first needed."""

@@ -1,0 +1,1 @@
+"""Text in, predictions out: the pipeline, batch prediction over files, and an HTTP server."""
