@@ -13,8 +13,9 @@ from pathlib import Path
 
 from .. import data as data_mod
 from .. import directory
-from ..configs import CompressConfig
+from ..configs import BenchConfig, CompressConfig
 from ..errors import UserError
+from ..measure import run_bench
 from .recipe import load_recipe
 from .report import write_report
 from .search import Search, within_budget
@@ -86,8 +87,6 @@ def time_candidates(search: Search, teacher: Path, reference: Path, candidates: 
                     config: CompressConfig) -> tuple[dict[str, dict], dict[str, dict]]:
     """Latency, size and memory of every candidate beside the teacher in torch and ONNX, in one interleaved run,
     and their validation scores; rows keyed by candidate name (and "teacher", "teacher-onnx")."""
-    from ..measure import BenchConfig, run_bench
-
     dirs = {"teacher": teacher, "teacher-onnx": reference, **candidates}
     links = search.out / "timed"
     shutil.rmtree(links, ignore_errors=True)

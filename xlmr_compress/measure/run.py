@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import datasets
 import numpy as np
@@ -15,6 +15,7 @@ import torch
 
 from .. import data as data_mod
 from .. import directory
+from ..configs import BenchConfig
 from ..errors import UserError
 from ..metrics import MAIN_METRIC
 from ..runtime import Predictor, check_device, evaluate
@@ -22,9 +23,6 @@ from .cost import batch_flops, matmul_ceiling
 from .memory import MIB, fill_memory
 from .report import BenchResult
 from .timing import percentiles_ms, time_round_robin
-
-if TYPE_CHECKING:
-    from . import BenchConfig
 
 QUICK_EXAMPLES = 100  # examples evaluated (and sampled for lengths) by --quick
 
@@ -54,8 +52,6 @@ def quick(config: BenchConfig) -> BenchConfig:
 def run_bench(models: str | Path | list[str | Path], config: BenchConfig | None = None,
               data: data_mod.TaskData | data_mod.DataConfig | str | None = None) -> BenchResult:
     """Time, size, and (with data) evaluate every model directory, interleaved, on every device and setting."""
-    from . import BenchConfig
-
     config = config or BenchConfig()
     config = quick(config) if config.quick else config
     dirs = [Path(models)] if isinstance(models, (str, Path)) else [Path(d) for d in models]
