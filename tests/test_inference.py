@@ -308,3 +308,16 @@ def test_offsets_on_a_real_uner_sentence_and_xquad_context(shared_data: Path, xl
     assert len(tok(paragraph["qas"][0]["question"], context)["input_ids"]) > 96  # so it is windowed
     answer = qa(question=paragraph["qas"][0]["question"], context=context)
     assert answer["answer"] and context[answer["start"]:answer["end"]] == answer["answer"]
+
+
+def test_length_batches_bound_padding_and_keep_every_text() -> None:
+    from xlmr_compress.inference.pipeline import PADDING_SLACK, length_batches
+
+    lengths = np.asarray([5, 80, 6, 7, 40, 41, 8, 90, 5, 42])
+    order = np.argsort(lengths, kind="stable")
+    batches = length_batches(order, lengths, batch_size=3)
+    assert [i for b in batches for i in b] == order.tolist()
+    for batch in batches:
+        assert 1 <= len(batch) <= 3
+        assert lengths[batch].max() * len(batch) <= PADDING_SLACK * lengths[batch].sum()
+    assert len(length_batches(order, np.full(10, 7), batch_size=4)) == 3  # equal lengths: only the size cuts

@@ -14,6 +14,7 @@ from .. import directory, metrics, runtime
 from ..data import MAX_ANSWER_TOKENS, MAX_LENGTH
 from ..errors import UserError
 
+PADDING_SLACK = 1.3  # a length-sorted batch may compute at most 30% padding beyond its real tokens
 CLASSIFY, NER, QA = "sequence-classification", "token-classification", "question-answering"
 # NER words: split at spaces and punctuation (as UNER's tokens are), and one word per Han or kana character
 WORDS = pre_tokenizers.Sequence([
@@ -189,8 +190,10 @@ class Pipeline:
         order = np.argsort(lengths, kind="stable") if self.config.sort_by_length else np.arange(len(ids))
         results: list[dict[str, np.ndarray]] = [{} for _ in ids]
         pad = self.tokenizer.pad_token_id
-        for first in range(0, len(order), self.config.batch_size):
-            index = order[first:first + self.config.batch_size]
+        batches = length_batches(order, lengths, self.config.batch_size) if self.config.sort_by_length else \
+            [order[first:first + self.config.batch_size] for first in range(0, len(order), self.config.batch_size)]
+        for index in batches:
+            index = np.asarray(index)
             width = int(lengths[index].max())
             input_ids = np.full((len(index), width), pad, dtype=np.int64)
             mask = np.zeros((len(index), width), dtype=np.int64)
@@ -206,6 +209,21 @@ class Pipeline:
         if truncated:
             warnings.warn(f"{truncated} of {total} texts are longer than {self.max_length} tokens and were truncated: "
                           "raise max_length (at most 512) or split the texts", stacklevel=2)
+
+
+def length_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[list[int]]:
+    """Runs of the length-sorted order, at most batch_size long, cut early once padding would exceed PADDING_SLACK
+    times the real tokens: a batch of mixed lengths computes its longest text's width for every row."""
+    batches: list[list[int]] = [[]]
+    real = 0
+    for i in order:
+        batch = batches[-1]
+        if batch and (len(batch) == batch_size or lengths[i] * (len(batch) + 1) > PADDING_SLACK * (real + lengths[i])):
+            batches.append([])
+            real = 0
+        batches[-1].append(int(i))
+        real += int(lengths[i])
+    return [b for b in batches if b]
 
 
 def check_config(config: PipelineConfig, max_length: int, task: str) -> None:
