@@ -85,15 +85,16 @@ def test_progress_bars_on_a_terminal_only(tmp_path, tiny_encoder, toy_data):
 
     if shutil.which("script") is None:
         pytest.skip("util-linux `script` is absent: no pseudo-terminal to run the commands in")
-    rate = re.compile(r"(it|batch)/s|s/(it|batch)")
+    rate = re.compile(r"\d+/\d+ \[[^]]*(it|batch)/s\]")  # a step or batch counter with its rate
     cli = [sys.executable, "-m", "xlmr_compress.cli"]
     for name, args in (("finetune", [str(tiny_encoder), "--epochs", "1"]), ("evaluate", [str(tmp_path / "piped")])):
         common = [*cli, name, *args, "--data", str(toy_data)]
         out = ["--out", str(tmp_path / "piped")] if name == "finetune" else []
         piped = subprocess.run(common + out, capture_output=True, text=True, timeout=300)
         out = ["--out", str(tmp_path / "tty")] if name == "finetune" else []
-        terminal = subprocess.run(["script", "-qec", shlex.join(common + out), "/dev/null"], capture_output=True,
-                                  text=True, timeout=300)
+        # a pseudo-terminal with no size gives tqdm zero columns, and an empty bar
+        terminal = subprocess.run(["script", "-qec", "stty cols 120 rows 40; " + shlex.join(common + out),
+                                   "/dev/null"], capture_output=True, text=True, timeout=300)
         assert piped.returncode == 0 and terminal.returncode == 0, piped.stderr + terminal.stdout
         assert not rate.search(piped.stdout + piped.stderr), f"{name} drew a progress bar into a pipe"
         assert rate.search(terminal.stdout), f"{name} showed no progress bar on a terminal"

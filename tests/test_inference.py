@@ -189,7 +189,7 @@ def test_batches_are_sorted_by_length_and_results_keep_input_order(dirs: dict[st
     pipe.predictor.run = lambda batch: (widths.append(batch["input_ids"].shape[1]), run(batch))[1]
     texts = [" ".join(["word"] * n) for n in random.Random(0).sample(range(1, 60), 20)]
     sorted_out = pipe(texts, top_k=3)
-    assert widths == sorted(widths) and len(widths) == 5
+    assert widths == sorted(widths) and len(widths) >= 5  # at most 4 texts a batch; padding may cut more
     unsorted = xc.pipeline(dirs["sequence-classification"], batch_size=4, sort_by_length=False)
     assert_close(sorted_out, unsorted(texts, top_k=3))
     assert_close(sorted_out, [pipe(t, top_k=3) for t in texts])
