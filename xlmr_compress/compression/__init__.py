@@ -8,7 +8,7 @@ is scored once, for the report, on the teacher and on best (report.py).
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from .. import data as data_mod
@@ -111,6 +111,6 @@ def publish(chosen: Path, best: Path, config: CompressConfig, measured: dict) ->
     """Copy the chosen candidate to OUT/best atomically, its lineage extended by the compress decision."""
     with directory.atomic_output(best, overwrite=True) as tmp:
         shutil.copytree(chosen, tmp, dirs_exist_ok=True)
-        directory.record_stage(tmp, "compress", asdict(replace(config)), parent=chosen,
+        directory.record_stage(tmp, "compress", asdict(config), parent=chosen,
                                metrics={k: v for k, v in measured.items() if k != "within"})
     return best
