@@ -97,3 +97,63 @@ def test_an_unreachable_budget_exits_nonzero_with_a_report(tmp_path, toy_data, t
     assert err.startswith("error: no candidate is within --max-drop 0") and "\n" not in err
     assert "distill-student_layers1" in err
     assert (out / "report.md").is_file() and not (out / "best").exists()
+
+
+KILL_AT_FIRST_RECOVERY_CHECKPOINT = """
+import os, signal, sys
+import transformers
+import xlmr_compress as xc
+
+save = transformers.Trainer._save_checkpoint
+
+def save_then_die(self, *args, **kwargs):
+    save(self, *args, **kwargs)
+    if "prune" in self.args.output_dir:  # the prune stage's recovery: SIGKILL once its first checkpoint is on disk
+        os.kill(os.getpid(), signal.SIGKILL)
+
+transformers.Trainer._save_checkpoint = save_then_die
+teacher, out, recipe, data = sys.argv[1:]
+xc.compress(teacher, out, xc.CompressConfig(max_drop=100.0, recipe=recipe, repeats=2, memory=False), data)
+"""
+
+
+def test_a_search_killed_mid_training_resumes_and_chooses_the_same_model(tmp_path, toy_data, toy_teacher, capsys):
+    import subprocess
+    import sys
+
+    import yaml
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "distill": {"share": 0.5, "settings": {**FAST, "epochs": 2}, "candidates": [{"student_layers": 1}]},
+        "prune": {"share": 0.5, "settings": {"recover": True, "recover_epochs": 3, "recover_learning_rate": 1e-3,
+                                              "batch_size": 16, "max_length": 16},
+                  "candidates": [{"ffn": 0.5}]},
+        "backends": [{"stage": "torch"}],
+    }))
+    killed = tmp_path / "killed"
+    child = subprocess.run([sys.executable, "-c", KILL_AT_FIRST_RECOVERY_CHECKPOINT, str(toy_teacher), str(killed),
+                            str(recipe), str(toy_data)], capture_output=True, text=True, timeout=600)
+    assert child.returncode == -9, child.stderr[-2000:]
+    candidates = killed / "candidates"
+    assert (candidates / "distill-student_layers1" / "compression.json").is_file()
+    pruned = "distill-student_layers1+prune-ffn0.5"
+    assert not (candidates / pruned).exists()
+    assert list((candidates / f"{pruned}.checkpoints").glob("recovered.checkpoints/checkpoint-*"))
+
+    config = xc.CompressConfig(max_drop=100.0, recipe=str(recipe), repeats=2, memory=False)
+    xc.compress(toy_teacher, killed, config, toy_data)
+    log = capsys.readouterr().out
+    assert "distill-student_layers1: reusing the finished candidate" in log and "running distill" not in log
+    assert "resuming from" in log and "recovered.checkpoints/checkpoint-" in log
+    assert not (candidates / f"{pruned}.checkpoints").exists()
+
+    whole = tmp_path / "whole"
+    xc.compress(toy_teacher, whole, config, toy_data)
+    chosen = [json.loads((run / "results.json").read_text())["chosen"] for run in (killed, whole)]
+    assert chosen[0] == chosen[1] == pruned
+    lineage = [json.loads((run / "best" / "compression.json").read_text())["stages"] for run in (killed, whole)]
+    shapes = [next(s for s in stages if s["stage"] == "prune")["measured"]["shapes"] for stages in lineage]
+    assert shapes[0] == shapes[1]
+    weights = [xc.load(run / "best")[0].state_dict() for run in (killed, whole)]
+    assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-5

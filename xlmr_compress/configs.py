@@ -101,6 +101,7 @@ class PruneConfig:
     freeze_embeddings: bool = option(True, "keep the word embedding fixed during recovery (pruning does not touch "
                                            "it)")
     seed: int = option(0, "random seed (data order, new weights)")
+    resume: bool = option(False, "continue an interrupted recovery from its last checkpoint (OUT.checkpoints)")
     overwrite: bool = option(False, "replace the output directory if it exists")
 
 

@@ -15,7 +15,7 @@ from ..data import DataConfig, TaskData, collator, encode
 from ..distillation import DistillConfig, distill
 from ..errors import UserError
 from ..options import check_choices
-from ..train import FinetuneConfig, as_task_data, finetune
+from ..train import FinetuneConfig, as_task_data, checkpoint_dir, finetune
 
 
 def prune(src: str | Path, out: str | Path, config: PruneConfig | None = None,
@@ -47,12 +47,13 @@ def prune(src: str | Path, out: str | Path, config: PruneConfig | None = None,
 
     with directory.atomic_output(out, config.overwrite) as tmp:
         if config.recover:
-            recovered = recover(model, tokenizer, task_data, tmp, config, src)
+            work = checkpoint_dir(out)  # beside OUT, not in tmp: a killed recovery resumes from its checkpoints
+            recovered = recover(model, tokenizer, task_data, work, config, src)
             measured.update({k: v for k, v in directory.read_lineage(recovered)["stages"][-1]["measured"].items()
                              if k in ("validation", "test")})
             for f in recovered.iterdir():
                 f.rename(tmp / f.name)
-            recovered.rmdir()
+            shutil.rmtree(work)
         else:
             directory.save_model(model.eval(), tokenizer, tmp)
         options = {**asdict(config), "data": data_name(data)}
@@ -64,9 +65,11 @@ def recover(model: PreTrainedModel, tokenizer: object, task_data: TaskData, work
             teacher: str | Path) -> Path:
     """Train the pruned model on the task data, by distillation from its unpruned self or by fine-tuning;
     returns the directory the best epoch (on the validation split) was written to, inside `work`."""
+    if config.resume and (work / "recovered" / directory.LINEAGE).is_file():
+        return work / "recovered"  # finished before the run was killed
     common = {"epochs": config.recover_epochs, "batch_size": config.batch_size, "max_length": config.max_length,
               "learning_rate": config.recover_learning_rate, "freeze_embeddings": config.freeze_embeddings,
-              "seed": config.seed}
+              "seed": config.seed, "resume": config.resume}
     if config.recover_with == "finetune":
         return finetune(model, work / "recovered", FinetuneConfig(**common), task_data, tokenizer=tokenizer)
     directory.save_model(model, tokenizer, work / "student")
