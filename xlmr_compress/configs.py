@@ -227,10 +227,11 @@ class E5Config:
 
 @dataclass
 class DemoConfig:
-    """Where the demo keeps its model directories between runs."""
+    """Where the demo keeps its model directories between runs, and its accuracy budget."""
 
     workdir: str = option(factory=lambda: os.environ.get("XLMR_COMPRESS_HOME", "~/.cache/xlmr-compress/demo"),
                           help="where the demo keeps its model directories between runs ($XLMR_COMPRESS_HOME)")
+    max_drop: float = option(1.0, "largest loss of validation macro-F1 (points) the demo's compress may spend")
 
 
 @dataclass
