@@ -2,6 +2,9 @@
 against the teacher's overall and per language, and the search's wall time.
 
     python -m benchmarks.compress --teacher runs/teacher-sib200 --data ../shared/data/sib200 --out runs/compress-sib200
+    python -m benchmarks.compress --teacher runs/teacher-uner --data ../shared/data/uner --max-drop 2 \
+        --languages Chinese-GSDSIMP Danish-DDT Portuguese-Bosque Serbian-SET Slovak-SNK Swedish-Talbanken \
+        --out runs/compress-uner --key compress-uner
 """
 from __future__ import annotations
 
@@ -61,11 +64,12 @@ def main() -> None:
     ap.add_argument("--max-drop", type=float, default=1.0, help="budget in points of the main metric")
     ap.add_argument("--train-examples", type=int, default=4000, help="seeded training subset (CPU budget)")
     ap.add_argument("--recipe", help="recipe YAML (default: the shipped one)")
+    ap.add_argument("--languages", nargs="+", help="keep only these languages (default: all)")
     ap.add_argument("--key", default="compress-sib200", help="RESULTS.md section key")
     a = ap.parse_args()
     start = time.perf_counter()
     config = xc.CompressConfig(max_drop=a.max_drop, recipe=a.recipe, train_examples=a.train_examples)
-    xc.compress(a.teacher, a.out, config, a.data)
+    xc.compress(a.teacher, a.out, config, xc.DataConfig(a.data, languages=a.languages))
     seconds = time.perf_counter() - start
     body = summary(Path(a.out), seconds, a.max_drop)
     update_section(a.key, f"compress --max-drop {a.max_drop:g}: {Path(a.data).name}", body)
