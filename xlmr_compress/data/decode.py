@@ -61,13 +61,18 @@ def _decode_qa(ds: datasets.Dataset, features: datasets.Dataset, start_logits: n
     best: list[tuple[float, str]] = [(-np.inf, "")] * len(ds)
     for i, (example, offsets) in enumerate(zip(features["example_index"][:], features["offset_mapping"][:],
                                                strict=True)):
-        n = len(offsets)
-        in_context = np.asarray([o is not None for o in offsets])
-        span = np.triu(np.ones((n, n), dtype=bool)) & ~np.triu(np.ones((n, n), dtype=bool), MAX_ANSWER_TOKENS)
-        scores = np.where(span & in_context[:, None] & in_context[None, :],
-                          start_logits[i, :n, None] + end_logits[i, None, :n], -np.inf)
-        s, e = np.unravel_index(np.argmax(scores), scores.shape)
-        if scores[s, e] > best[example][0]:
+        s, e, score = best_span(start_logits[i], end_logits[i], np.asarray([o is not None for o in offsets]))
+        if score > best[example][0]:
             # XLM-R's offsets of a word-initial piece include the space before it
-            best[example] = (float(scores[s, e]), contexts[example][offsets[s][0]:offsets[e][1]].strip())
+            best[example] = (score, contexts[example][offsets[s][0]:offsets[e][1]].strip())
     return [text for _, text in best]
+
+
+def best_span(start: np.ndarray, end: np.ndarray, in_context: np.ndarray) -> tuple[int, int, float]:
+    """The answer span (s, e) maximising start[s] + end[e] over context tokens with s <= e < s + MAX_ANSWER_TOKENS;
+    scores are logits or log-probabilities, one per token of the window (`in_context` is as long as the window)."""
+    n = len(in_context)
+    span = np.triu(np.ones((n, n), dtype=bool)) & ~np.triu(np.ones((n, n), dtype=bool), MAX_ANSWER_TOKENS)
+    scores = np.where(span & in_context[:, None] & in_context[None, :], start[:n, None] + end[None, :n], -np.inf)
+    s, e = np.unravel_index(np.argmax(scores), scores.shape)
+    return int(s), int(e), float(scores[s, e])

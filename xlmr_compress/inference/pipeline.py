@@ -11,7 +11,8 @@ from tokenizers import Regex, pre_tokenizers
 
 from ..configs import PipelineConfig
 from .. import directory, metrics, runtime
-from ..data import MAX_ANSWER_TOKENS, MAX_LENGTH
+from ..data import MAX_LENGTH
+from ..data.decode import best_span
 from ..errors import UserError
 
 PADDING_SLACK = 1.3  # a length-sorted batch may compute at most 30% padding beyond its real tokens
@@ -154,21 +155,17 @@ class Pipeline:
             in_context = np.asarray([s == 1 for s in enc.sequence_ids(w)])
             if not in_context.any():
                 continue
-            start_p = _softmax(np.where(in_context, out["start_logits"], -np.inf))
-            end_p = _softmax(np.where(in_context, out["end_logits"], -np.inf))
-            n = len(in_context)
-            span = np.triu(np.ones((n, n), dtype=bool)) & ~np.triu(np.ones((n, n), dtype=bool), MAX_ANSWER_TOKENS)
-            scores = np.where(span & in_context[:, None] & in_context[None, :], np.outer(start_p, end_p), -1.0)
-            s, e = np.unravel_index(np.argmax(scores), scores.shape)
-            if scores[s, e] > best_score[example]:
-                best_score[example] = scores[s, e]
+            s, e, log_p = best_span(_log_softmax(out["start_logits"], in_context),
+                                    _log_softmax(out["end_logits"], in_context), in_context)
+            if log_p > best_score[example]:
+                best_score[example] = log_p
                 context = contexts[example]
                 start, end = enc["offset_mapping"][w][s][0], enc["offset_mapping"][w][e][1]
                 while start < end and context[start].isspace():  # a word-initial piece's offsets include the space
                     start += 1
                 while end > start and context[end - 1].isspace():
                     end -= 1
-                best[example] = {"answer": context[start:end], "score": float(scores[s, e]), "start": start,
+                best[example] = {"answer": context[start:end], "score": float(np.exp(log_p)), "start": start,
                                  "end": end}
         return best
 
@@ -242,6 +239,13 @@ def check_config(config: PipelineConfig, max_length: int, task: str) -> None:
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
+
+
+def _log_softmax(x: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the kept positions (-inf elsewhere)."""
+    x = np.where(keep, x[:len(keep)], -np.inf)
+    top = x.max()
+    return x - top - np.log(np.exp(x - top).sum())
 
 
 def _overflowing(enc: Any) -> int:
