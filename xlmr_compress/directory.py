@@ -187,13 +187,14 @@ def register(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 
 def load(name_or_dir: str | Path, task: str | None = None, *, label_names: list[str] | None = None,
-         **options: Any) -> tuple[Any, Any]:
+         info: ModelInfo | None = None, **options: Any) -> tuple[Any, Any]:
     """Model (eval mode) and tokenizer of any directory kind or hub id, every mismatch a one-line error.
 
     A bare encoder gets a new `task` head with `label_names`. Torch kinds return a transformers model; ONNX returns an
     `formats.onnx.OnnxModel` (an ONNX Runtime session with the same config). Options go to the kind's loader
-    (`attn_implementation` for torch, `device`/`threads`/`provider` for ONNX)."""
-    info = inspect(name_or_dir)
+    (`attn_implementation` for torch, `device`/`threads`/`provider` for ONNX). `info`: the directory's inspect(),
+    when the caller already has it."""
+    info = info or inspect(name_or_dir)
     task = task or info.task
     if task is None:
         raise UserError(f"{name_or_dir} is a bare encoder with no task head: pass task= (--task) and labels to add one")

@@ -31,18 +31,18 @@ class Predictor:
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None, provider: str | None = None,
-             **options: Any) -> Predictor:
-        """A predictor for any model directory kind (torch, pruned, torch int8, ONNX)."""
-        info = directory.inspect(model_dir)
+             info: directory.ModelInfo | None = None, **options: Any) -> Predictor:
+        """A predictor for any model directory kind (torch, pruned, torch int8, ONNX); `info` as in directory.load."""
+        info = info or directory.inspect(model_dir)
         if info.is_onnx:
-            model, tokenizer = directory.load(model_dir, device=device, threads=threads, provider=provider)
+            model, tokenizer = directory.load(model_dir, info=info, device=device, threads=threads, provider=provider)
             return cls(model, tokenizer, model.task, info.label_names, "onnx", model)
         if provider:
             raise UserError(f"--provider {provider} applies to ONNX models, but {model_dir} holds torch weights: "
                             "export it first (xlmr-compress export) or drop --provider")
         if threads:
             torch.set_num_threads(threads)
-        model, tokenizer = directory.load(model_dir, **options)
+        model, tokenizer = directory.load(model_dir, info=info, **options)
         return cls.from_torch(model, tokenizer, device)
 
     @classmethod

@@ -45,7 +45,8 @@ class Pipeline:
         """Load a model directory of any kind through runtime.Predictor."""
         config = config or PipelineConfig()
         info = directory.inspect(model_dir)
-        return cls(runtime.Predictor.load(model_dir, device=config.device, threads=config.threads), config, info)
+        return cls(runtime.Predictor.load(model_dir, device=config.device, threads=config.threads, info=info), config,
+                   info)
 
     def __call__(self, inputs: Any = None, *, question: Any = None, context: Any = None,
                  top_k: int | None = None) -> Any:
