@@ -22,16 +22,20 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def table(result: dict, baseline: dict | None, metric: str) -> str:
-    """Markdown: the main metric and accuracy per language, beside the majority class where there is one."""
+    """Markdown: every metric per language, the main one beside the majority class where there is one."""
+    names = [k for k in result["overall"] if k != "examples"]
+
     def majority(lang: str | None) -> str:
         if baseline is None:
             return "-"
         return f"{(baseline['overall'] if lang is None else baseline['per_language'][lang])[metric]:.4f}"
 
-    rows = [f"| language | {metric} | accuracy | majority-class {metric} |", "|---|---|---|---|"]
+    rows = [f"| language | {' | '.join(names)} | examples | majority-class {metric} |",
+            "|---|" + "---|" * (len(names) + 2)]
     entries = [("**all**", result["overall"], majority(None))]
     entries += [(lang, m, majority(lang)) for lang, m in sorted(result["per_language"].items())]
-    rows += [f"| {lang} | {m[metric]:.4f} | {m['accuracy']:.4f} | {b} |" for lang, m, b in entries]
+    rows += [f"| {lang} | {' | '.join(f'{m[k]:.4f}' for k in names)} | {m['examples']} | {b} |"
+             for lang, m, b in entries]
     return "\n".join(rows)
 
 
