@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..measure import run_bench
 from .recipe import load_recipe
 from .report import write_report
-from .search import Search, within_budget
+from .search import FINISH, Search, cost, within_budget
 
 
 def compress(src: str | Path, out: str | Path, config: CompressConfig | None = None,
@@ -80,6 +80,7 @@ def with_head(src: Path, search: Search, recipe) -> Path:
     if directory.inspect(src).task is not None:
         return src
     search.progress.log(f"{src} has no task head: fine-tuning it first, as finetune would")
+    search.progress.total += cost("finetune", recipe.finetune)
     return search.build("finetune", src, "teacher", recipe.finetune)
 
 
@@ -100,6 +101,7 @@ def time_candidates(search: Search, teacher: Path, reference: Path, candidates: 
                                max_length=config.max_length, baseline="teacher")
     search.progress.log(f"timing {len(dirs)} models on this machine, interleaved ({config.repeats} rounds)")
     result = run_bench([links / label for label in dirs], bench_config, search.data)
+    search.progress.step(FINISH / 2)
     shutil.rmtree(links, ignore_errors=True)
     rows = {r["variant"]: r for r in result.primary}
     for label, accuracy in result.accuracy.items():

@@ -36,6 +36,7 @@ def write_report(out: Path, search: Any, config: Any, teacher: Path, scored: lis
         test["teacher"] = evaluate(teacher, task_data, "test", max_length=config.max_length)
         if best is not None:
             test["best"] = evaluate(best, task_data, "test", max_length=config.max_length)
+    search.progress.step(search.progress.total - search.progress.done)
     plot_rows = [{"variant": t["model"], "p50_ms": t["p50_ms"], "size_mib": t["size_mib"], metric: t[metric]}
                  for t in table]
     plot_pareto(plot_rows, metric, out / "pareto.png", rows["teacher"]["setting"])

@@ -22,18 +22,37 @@ from .recipe import Recipe, slug
 
 
 class Progress:
-    """One line per event: which candidate and stage, time spent, and an estimate of what is left."""
+    """One line per event: which candidate and stage, the time spent, and an estimate of what is left, from the time
+    per unit of work so far (a training run is one unit, other work a fraction: see `cost`)."""
 
-    def __init__(self, total: int) -> None:
-        self.start, self.total, self.done = time.perf_counter(), max(total, 1), 0
+    def __init__(self, total: float) -> None:
+        self.start, self.total, self.done = time.perf_counter(), total, 0.0
 
     def log(self, message: str) -> None:
         elapsed = time.perf_counter() - self.start
         left = "" if not self.done else f", about {_minutes(elapsed / self.done * (self.total - self.done))} left"
-        print(f"[compress {self.done}/{self.total}, {_minutes(elapsed)}{left}] {message}", flush=True)
+        print(f"[compress {_minutes(elapsed)}{left}] {message}", flush=True)
 
-    def step(self) -> None:
-        self.done = min(self.done + 1, self.total)
+    def step(self, units: float) -> None:
+        """Work of `units` is done."""
+        self.done = min(self.done + units, self.total)
+
+    def skip(self, units: float) -> None:
+        """Planned work of `units` will not run (a stage kept an earlier candidate, or the search stopped)."""
+        self.total = max(self.total - units, self.done)
+
+
+TRAINING = ("finetune", "distill", "prune")
+FINISH = 0.5  # timing every model and scoring the test split, in training runs
+
+
+def cost(stage: str, options: dict[str, Any] | None) -> float:
+    """Rough work of one candidate, in training runs: what the estimate of time left weighs candidates by."""
+    if options is None:
+        return 0.0
+    if stage in TRAINING and (stage != "prune" or options.get("recover")):
+        return 1.0
+    return 0.1
 
 
 def _minutes(seconds: float) -> str:
@@ -51,13 +70,15 @@ class Search:
         self.state_file = out / "state.json"
         self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"validation": {}}
         self.path: list[dict] = []
-        count = sum(len(s.candidates) for s in recipe.steps) + len(recipe.backends) + 3
-        self.progress = Progress(count)
+        planned = [cost(s.stage, c and {**s.settings, **c}) for s in recipe.steps for c in s.candidates]
+        self.progress = Progress(sum(planned) + sum(cost(b["stage"], b) for b in recipe.backends) + FINISH)
 
     def build(self, stage: str, src: Path, name: str, options: dict[str, Any]) -> Path:
         """The candidate directory `name`, made by `stage` from `src` unless a previous run finished it."""
         out = self.candidates / name
+        units = cost(stage, options)
         if out.is_dir():
+            self.progress.skip(units)  # no time spent: left out of the time per unit
             self.progress.log(f"{name}: reusing the finished candidate")
             return out
         command = STAGES[stage]
@@ -67,6 +88,7 @@ class Search:
         self.progress.log(f"{name}: running {stage} {json.dumps(options, default=str)}")
         started = time.perf_counter()
         command.function()(src, out, config_cls(**values), self.data if command.data else None)
+        self.progress.step(units)
         self.progress.log(f"{name}: {stage} done in {_minutes(time.perf_counter() - started)}")
         return out
 
@@ -90,8 +112,7 @@ class Search:
         for step in self.recipe.steps:
             allowance += step.share * self.max_drop
             tried: list[tuple[float, str, Path]] = []
-            for options in step.candidates:
-                self.progress.step()
+            for i, options in enumerate(step.candidates):
                 if options is None:
                     self.path.append({"stage": step.stage, "choice": "skipped", "allowance": allowance})
                     self.progress.log(f"{step.stage}: skipped (every candidate before cost more than its share)")
@@ -106,6 +127,7 @@ class Search:
                                   + ("kept" if kept else "falling back"))
                 if kept:
                     name, current = cname, built
+                    self.progress.skip(self._planned(step.candidates[i + 1:], step))
                     break
                 tried.append((drop, cname, built))
             else:
@@ -113,14 +135,19 @@ class Search:
                 self.path.append({"stage": step.stage, "choice": "exhausted", "candidate": name, "drop": drop})
                 self.progress.log(f"{step.stage}: no candidate within its allowance and no null to skip it: the "
                                   f"search goes on with the closest, {name} ({drop:+.2f} points), and stops here")
+                later = self.recipe.steps[self.recipe.steps.index(step) + 1:]
+                self.progress.skip(sum(self._planned(s.candidates, s) for s in later))
                 return name, current
         return name, current
+
+    @staticmethod
+    def _planned(candidates: list, step: Any) -> float:
+        return sum(cost(step.stage, c and {**step.settings, **c}) for c in candidates)
 
     def backends(self, name: str, model: Path) -> dict[str, Path]:
         """Every backend of the kept model: torch itself, ONNX exports and int8 quantizations (candidates all)."""
         built = {}
         for spec in self.recipe.backends:
-            self.progress.step()
             if spec["stage"] == "torch":
                 built[name] = model
                 continue
