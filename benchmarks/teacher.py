@@ -2,7 +2,8 @@
 
     python -m benchmarks.teacher --data ../shared/data/sib200 --out runs/teacher-sib200
     python -m benchmarks.teacher --data ../shared/data/uner --languages Chinese-GSDSIMP Danish-DDT Portuguese-Bosque \
-        Serbian-SET Slovak-SNK Swedish-Talbanken --max-length 128 --out runs/teacher-uner --key teacher-uner
+        Serbian-SET Slovak-SNK Swedish-Talbanken --max-length 128 --train-examples 6000 --head-learning-rate 1e-3 \
+        --out runs/teacher-uner --key teacher-uner
 
 Every quality figure in RESULTS.md starts from this teacher (a transformer trained from scratch barely learns
 these sets). Writes the teacher's test metrics, per language, beside the majority-class baseline.
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--validation-examples", type=int, default=1000, help="seeded subset evaluated after each epoch")
     ap.add_argument("--languages", nargs="+", help="keep only these languages (default: all)")
     ap.add_argument("--max-length", type=int, default=96, help="tokens per sequence")
+    ap.add_argument("--head-learning-rate", type=float, help="the new head's learning rate (default: the encoder's)")
     ap.add_argument("--key", default="teacher", help="RESULTS.md section key")
     a = ap.parse_args()
     out = Path(a.out)
@@ -60,8 +62,8 @@ def main() -> None:
     for split, n in (("train", a.train_examples), ("validation", a.validation_examples)):
         if n < len(data.splits[split]):
             data.splits[split] = data.splits[split].shuffle(seed=0).select(range(n))
-    config = FinetuneConfig(epochs=a.epochs, batch_size=32, learning_rate=1e-4, max_length=a.max_length,
-                            freeze_embeddings=True, seed=0, logging_steps=100, resume=True)
+    config = FinetuneConfig(epochs=a.epochs, batch_size=32, learning_rate=1e-4, head_learning_rate=a.head_learning_rate,
+                            max_length=a.max_length, freeze_embeddings=True, seed=0, logging_steps=100, resume=True)
     if not out.is_dir():
         finetune(encoder, out, config, data)
     result = read_lineage(out)["stages"][-1]["measured"]["test"]  # measured by finetune on the saved model
