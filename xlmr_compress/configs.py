@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from .errors import UserError
 from .options import option
 
 DEFAULT_PRESET = "balanced"
@@ -73,6 +74,15 @@ class DistillConfig(FinetuneConfig):
                                          "the student")
     cache_teacher: bool = option(False, "compute the teacher's outputs once into OUT.checkpoints and reuse them every "
                                         "epoch (output losses only)")
+
+    def check(self) -> None:
+        """Refuse option combinations that cannot run, before any work (distill and a compress recipe call it)."""
+        from .distillation.losses import loss_weights
+
+        weights = loss_weights(self.preset, self.losses, self.temperature)
+        if self.cache_teacher and not weights.logits_only():
+            raise UserError(f"--cache-teacher keeps the teacher's outputs only, but the losses {weights.active()} need "
+                            "its hidden states: use --preset fast (or --losses hidden=0 ...) or drop --cache-teacher")
 
 
 @dataclass

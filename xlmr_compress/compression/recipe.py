@@ -105,7 +105,10 @@ def _settings(values: Any, stage: str, where: str, what: str) -> dict[str, Any]:
                             f"{', '.join(sorted(fields - {'overwrite', 'resume'}))}")
     try:
         check_types(config_cls, values)
-        check_choices(config_cls(**values))
+        config = config_cls(**values)
+        check_choices(config)
+        if hasattr(config, "check"):
+            config.check()
     except (TypeError, ValueError) as e:
         raise UserError(f"{where}: {what}: {e}") from None
     except UserError as e:

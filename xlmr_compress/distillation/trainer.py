@@ -43,15 +43,13 @@ def distill(src: str | Path, out: str | Path, config: DistillConfig | None = Non
     """Train a smaller student from a fine-tuned teacher directory (src); write it with both models' metrics."""
     config = config or DistillConfig()
     check_choices(config)
+    config.check()
     if config.shard:
         shard.check_launch()
     weights = losses.loss_weights(config.preset, config.losses, config.temperature)
     task_data = as_task_data(data)
     if "train" not in task_data.splits:
         raise UserError("the data has no train split: give a directory with a train file")
-    if config.cache_teacher and not weights.logits_only():
-        raise UserError(f"--cache-teacher keeps the teacher's outputs only, but the losses {weights.active()} need its "
-                        "hidden states: use --preset fast (or --losses hidden=0 ...) or drop --cache-teacher")
     directory.check_output(out, config.overwrite)
     unlabeled = read_unlabeled(config.unlabeled, task_data) if config.unlabeled else None
     teacher_model, tokenizer = load_teacher(src, task_data)
