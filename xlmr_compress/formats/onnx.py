@@ -47,6 +47,8 @@ def load_onnx(info: ModelInfo, task: str, label_names: list[str] | None = None, 
     if info.task is None:
         raise UserError(f"{info.path}/config.json names no task head (architectures): re-export the model")
     options = ort.SessionOptions()
+    # idle intra-op threads that spin take the cores from whatever runs next (in the bench: a torch model, 2x slower)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     try:

@@ -72,6 +72,7 @@ def _ort_int8_matmul(size: int, device: str, threads: int | None) -> Callable[[i
                               [helper.make_tensor_value_info("A", TensorProto.UINT8, [size, size])],
                               [helper.make_tensor_value_info("Y", TensorProto.INT32, [size, size])], [weight])
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as formats.onnx: no spinning threads
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
