@@ -19,7 +19,7 @@ from benchmarks.results import update_section
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
-def summary(out: Path, seconds: float, max_drop: float) -> str:
+def summary(out: Path, seconds: float, max_drop: float, resumed: bool) -> str:
     """Markdown: the decision, the bars of the issue, the per-language shares, and the report's candidate table."""
     results = json.loads((out / "results.json").read_text())
     metric, test = results["metric"], results["test"]
@@ -33,7 +33,8 @@ def summary(out: Path, seconds: float, max_drop: float) -> str:
     m = results["machine"]
     lines = [
         f"Machine flags: {' '.join(m['flags'])} ({m['cpu']}). Latency: {results['setting']}. Search wall time "
-        f"{seconds / 60:.1f} min from an empty OUT. Budget: {max_drop:g} points of {metric} on validation.",
+        f"{seconds / 60:.1f} min{' (a rerun: finished candidates reused, the models timed again)' if resumed else ''}"
+        f"{'' if resumed else ' from an empty OUT'}. Budget: {max_drop:g} points of {metric} on validation.",
         "",
         f"Chosen: `{results['chosen']}` ({chosen['backend']}, {chosen['precision']}).",
         "",
@@ -67,11 +68,12 @@ def main() -> None:
     ap.add_argument("--languages", nargs="+", help="keep only these languages (default: all)")
     ap.add_argument("--key", default="compress-sib200", help="RESULTS.md section key")
     a = ap.parse_args()
+    resumed = (Path(a.out) / "candidates").is_dir()
     start = time.perf_counter()
     config = xc.CompressConfig(max_drop=a.max_drop, recipe=a.recipe, train_examples=a.train_examples)
     xc.compress(a.teacher, a.out, config, xc.DataConfig(a.data, languages=a.languages))
     seconds = time.perf_counter() - start
-    body = summary(Path(a.out), seconds, a.max_drop)
+    body = summary(Path(a.out), seconds, a.max_drop, resumed)
     update_section(a.key, f"compress --max-drop {a.max_drop:g}: {Path(a.data).name}", body)
     print(body)
 
