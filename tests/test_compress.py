@@ -83,7 +83,11 @@ def test_compress_chooses_resumes_and_reports(tmp_path, toy_data, toy_teacher, c
     again = xc.compress(toy_teacher, out, config, toy_data)
     log = capsys.readouterr().out
     assert "reusing the finished candidate" in log and "running distill" not in log
-    assert json.loads((out / "results.json").read_text())["chosen"] == results["chosen"]
+    # the rerun times the models again: it picks the fastest of that timing (ONNX fp32 and int8 of a tiny model are
+    # within noise of each other, so which one wins may change; the killed-search test holds "the same model")
+    rerun = json.loads((out / "results.json").read_text())
+    timed = [c for c in rerun["candidates"] if c["model"] not in ("teacher", "teacher-onnx")]
+    assert rerun["chosen"] == min(timed, key=lambda c: c["p50_ms"])["model"]
     assert again == best
 
 

@@ -70,8 +70,8 @@ class Search:
         self.state_file = out / "state.json"
         self.state = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"validation": {}}
         self.path: list[dict] = []
-        planned = [cost(s.stage, c and {**s.settings, **c}) for s in recipe.steps for c in s.candidates]
-        self.progress = Progress(sum(planned) + sum(cost(b["stage"], b) for b in recipe.backends) + FINISH)
+        planned = sum(self._planned(s.candidates, s) for s in recipe.steps)
+        self.progress = Progress(planned + sum(cost(b["stage"], b) for b in recipe.backends) + FINISH)
 
     def build(self, stage: str, src: Path, name: str, options: dict[str, Any]) -> Path:
         """The candidate directory `name`, made by `stage` from `src` unless a previous run finished it."""
