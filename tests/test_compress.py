@@ -57,8 +57,10 @@ def test_a_bad_recipe_fails_in_one_line_before_any_work(tmp_path, toy_data, tiny
 
 
 def test_compress_chooses_resumes_and_reports(tmp_path, toy_data, toy_teacher, capsys):
+    # a parity gate no export can pass: that backend is left out, named in the report, and the others are timed
+    refused = {"stage": "export", "optimize": False, "tolerance": 1e-12}
     recipe = write_recipe(tmp_path / "recipe.yaml", [1], [{"stage": "torch"}, {"stage": "export", "optimize": False},
-                                                         {"stage": "quantize", "mode": "dynamic"}])
+                                                         {"stage": "quantize", "mode": "dynamic"}, refused])
     out = tmp_path / "out"
     config = xc.CompressConfig(max_drop=100.0, recipe=str(recipe), repeats=3, memory=False)
     best = xc.compress(toy_teacher, out, config, toy_data)
@@ -70,7 +72,9 @@ def test_compress_chooses_resumes_and_reports(tmp_path, toy_data, toy_teacher, c
                   key=lambda c: c["p50_ms"])
     assert chosen["model"] == fastest["model"] == results["chosen"]
     assert set(results["test"]) == {"teacher", "best"} and "per_language" in results["test"]["best"]
-    assert (out / "report.md").read_text().count("distill-student_layers1") >= 1
+    report = (out / "report.md").read_text()
+    assert report.count("distill-student_layers1") >= 1
+    assert "distill-student_layers1+export-optimizefalse-tolerance1e-12: not built, left out of the timing" in report
     assert (out / "pareto.png").stat().st_size > 0 and (out / "recipe.yaml").is_file()
     assert xc.inspect(best).task == "sequence-classification"
     assert xc.load(best)[0] is not None

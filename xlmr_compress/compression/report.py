@@ -75,6 +75,8 @@ def markdown(results: dict, table: list[dict], test: dict, metric: str) -> str:
     for step in results["path"]:
         if step.get("choice") == "skipped":
             lines.append(f"- {step['stage']}: skipped")
+        elif step.get("choice") == "failed":
+            lines.append(f"- {step['candidate']}: not built, left out of the timing ({step['error']})")
         elif step.get("choice") == "exhausted":
             lines.append(f"- {step['stage']}: no candidate within its allowance; went on with the closest, "
                          f"{step['candidate']} ({step['drop']:+.2f} points), and stopped")

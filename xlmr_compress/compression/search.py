@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import data as data_mod
+from ..errors import UserError
 from ..metrics import MAIN_METRIC
 from ..runtime import evaluate
 from ..stages import STAGES
@@ -155,7 +156,11 @@ class Search:
             if spec["stage"] == "quantize":
                 options.setdefault("eval_split", None)  # compress scores every backend itself, on validation
             cname = f"{name}+{spec['stage']}-{slug({k: v for k, v in options.items() if k != 'eval_split'})}"
-            built[cname] = self.build(spec["stage"], model, cname, options)
+            try:
+                built[cname] = self.build(spec["stage"], model, cname, options)
+            except UserError as e:  # one backend that cannot be made (a parity gate, say) leaves the others to time
+                self.path.append({"stage": spec["stage"], "candidate": cname, "choice": "failed", "error": str(e)})
+                self.progress.log(f"{cname}: left out of the timing, {spec['stage']} refused it: {e}")
         return built
 
     def _save_state(self) -> None:
