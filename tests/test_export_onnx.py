@@ -64,17 +64,27 @@ def test_export_optimized_fuses_attention(tmp_path: Path) -> None:
     assert_parity(src, out)
 
 
-@pytest.mark.parametrize(("heads", "optimize"), [([3, 1], False), ([3, 1], True), ([2, 2], True)])
+@pytest.mark.parametrize(("heads", "optimize"), [([3, 1], False), ([3, 1], True), ([2, 2], True), ([4, 4], True)])
 def test_export_pruned_model(tmp_path: Path, heads: list[int], optimize: bool) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
     from xlmr_compress.pruning import PruneConfig, prune
 
     src = save_tiny(tmp_path / "src", "sequence-classification", 3)
+    # sharp attention: a tiny random model's near-uniform softmax hides a wrongly fused attention from the parity check
+    model = AutoModelForSequenceClassification.from_pretrained(src)
+    with torch.no_grad():
+        for layer in model.roberta.encoder.layer:
+            layer.attention.self.query.weight.mul_(30)
+    model.save_pretrained(src)
     pruned = prune(src, tmp_path / "pruned", PruneConfig(keep_heads=heads, keep_ffn=[48, 16], importance="magnitude"))
     assert json.loads((pruned / "config.json").read_text())["xlmr_compress"]["heads"] == heads
     out = export.export(pruned, tmp_path / "onnx", export.ExportConfig(optimize=optimize))
     assert_parity(pruned, out)
     fused = json.loads((out / "compression.json").read_text())["stages"][-1]["measured"]["fused_operators"]
-    assert fused.get("Attention", 0) == (2 if optimize and len(set(heads)) == 1 else 0)
+    # fused only where every layer has all its heads: ORT's Attention is wrong on heads narrower than the hidden size
+    assert fused.get("Attention", 0) == (2 if optimize and heads == [4, 4] else 0)
 
 
 def test_export_vocabulary_trimmed_model(tmp_path: Path) -> None:
