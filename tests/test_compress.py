@@ -108,6 +108,19 @@ def test_an_unreachable_budget_exits_nonzero_with_a_report(tmp_path, toy_data, t
     assert (out / "report.md").is_file() and not (out / "best").exists()
 
 
+def test_every_step_skipped_keeps_the_teacher_once(tmp_path, toy_data, toy_teacher):
+    # the student falls far short, `null` skips distillation: the teacher itself is the torch candidate, in one row
+    recipe = write_recipe(tmp_path / "recipe.yaml", [1, None], [{"stage": "torch"}], max_steps=1, student_init="fresh")
+    out = tmp_path / "out"
+    best = xc.compress(toy_teacher, out, xc.CompressConfig(max_drop=0.0, recipe=str(recipe), repeats=2, memory=False),
+                       toy_data)
+    results = json.loads((out / "results.json").read_text())
+    names = [c["model"] for c in results["candidates"]]
+    assert sorted(names) == ["teacher", "teacher-onnx"] and results["chosen"] == "teacher"
+    assert any(step.get("choice") == "skipped" for step in results["path"])
+    assert xc.inspect(best).task == "sequence-classification"
+
+
 KILL_AT_FIRST_RECOVERY_CHECKPOINT = """
 import os, signal, sys
 import transformers

@@ -22,7 +22,8 @@ def write_report(out: Path, search: Any, config: Any, teacher: Path, scored: lis
     validation = search.state["validation"]
     teacher_p50, onnx_p50 = rows["teacher"]["p50_ms"], rows["teacher-onnx"]["p50_ms"]
     table = []
-    for label in ("teacher", "teacher-onnx", *[c["name"] for c in scored]):
+    # when every lossy step was skipped, the teacher is itself the torch candidate: one row for it
+    for label in dict.fromkeys(("teacher", "teacher-onnx", *[c["name"] for c in scored])):
         row = rows[label]
         entry = {"model": label, metric: validation[label]["overall"][metric],
                  "drop_points": 100 * (validation["teacher"]["overall"][metric] - validation[label]["overall"][metric]),
