@@ -20,6 +20,8 @@ from .recipe import load_recipe
 from .report import write_report
 from .search import FINISH, Search, cost, within_budget
 
+TIE = 0.03  # p50s within 3% of the fastest count as a tie
+
 
 def compress(src: str | Path, out: str | Path, config: CompressConfig | None = None,
              data: data_mod.TaskData | data_mod.DataConfig | str | None = None) -> Path:
@@ -53,7 +55,7 @@ def compress(src: str | Path, out: str | Path, config: CompressConfig | None = N
     for cname in candidates:
         drop = search.drop(base, accuracy[cname])
         scored.append({"name": cname, "drop": drop, **rows[cname], "within": within_budget(drop, config.max_drop)})
-    chosen = min((c for c in scored if c["within"]), key=lambda c: c["p50_ms"], default=None)
+    chosen = choose(scored)
     best = None
     if chosen is not None:
         best = publish(candidates[chosen["name"]], out / "best", config, chosen)
@@ -64,6 +66,17 @@ def compress(src: str | Path, out: str | Path, config: CompressConfig | None = N
                         f"{closest['drop']:.2f} points (report: {report}); raise --max-drop or add gentler candidates "
                         "to the recipe")
     return out / "best"
+
+
+def choose(scored: list[dict], tie: float = TIE) -> dict | None:
+    """The fastest candidate within budget; among those within `tie` of its p50, the smallest on disk (then the one
+    that loses least), so a rerun does not flip between two models that time the same."""
+    within = [c for c in scored if c["within"]]
+    if not within:
+        return None
+    fastest = min(c["p50_ms"] for c in within)
+    return min((c for c in within if c["p50_ms"] <= fastest * (1 + tie)),
+               key=lambda c: (c["size_mib"], c["drop"], c["p50_ms"]))
 
 
 def searchable(task_data: data_mod.TaskData, config: CompressConfig) -> data_mod.TaskData:
