@@ -56,8 +56,8 @@ def main() -> None:
         torch_dir = built(work / name, slice_to(shape))
         onnx_dir = built(work / f"{name}-onnx", lambda p, s=torch_dir: xc.export(s, p, xc.ExportConfig(optimize=True)))
         variants.append(built(work / f"{name}-int8", lambda p, s=onnx_dir: xc.quantize(s, p, xc.QuantizeConfig())))
-    result = xc.bench(variants, work / "bench", xc.BenchConfig(batch_sizes=[1], seq_lengths=[], repeats=a.repeats,
-                                                               memory=False, overwrite=True), data=a.data)
+    result = xc.run_bench(variants, xc.BenchConfig(batch_sizes=[1], seq_lengths=[], repeats=a.repeats, memory=False),
+                          xc.load_data(xc.DataConfig(path=a.data)))
     rows = [r for r in result.rows if "data lengths" in str(r.get("setting", ""))]
     lines = [f"Teacher `{teacher_dir}` against untrained student slices (ONNX with the ORT optimiser, then dynamic "
              f"int8), batch 1 over the real lengths of `{a.data}` test texts, {a.repeats} interleaved rounds. "
