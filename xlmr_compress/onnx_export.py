@@ -137,8 +137,9 @@ def optimize(out_dir: Path, model: torch.nn.Module, fp16: bool = False) -> dict[
     # Attention fusion needs one head count for the whole graph, and ORT's fused Attention computes wrong outputs when
     # the heads are narrower than the hidden size (pruned heads). Those graphs keep attention unfused (0 = detect,
     # which fails on them and leaves plain MatMul/Softmax); LayerNorm and GELU are fused either way.
-    uniform = len(heads) == 1 and next(iter(heads)) * shapes["head_size"] == model.config.hidden_size
-    num_heads = heads.pop() if uniform else 0
+    num_heads = heads.pop() if len(heads) == 1 else 0
+    if num_heads * shapes["head_size"] != model.config.hidden_size:
+        num_heads = 0
     hidden = num_heads * shapes["head_size"]
     path = out_dir / ONNX_FILE
     optimized = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden, opt_level=0,
