@@ -37,38 +37,49 @@ def sib_texts(data: str, limit: int | None) -> list[str]:
 
 
 def sorting(model: str, texts: list[str], batch_size: int, repeats: int, threads: int | None) -> str:
-    """Wall time of `predict` over the texts with batches taken in file order and sorted by length, after an untimed
-    warm-up, in rounds that alternate which goes first."""
+    """Wall time of `predict` over the texts with batches taken in file order and sorted by length, with padded and
+    with packed batches, after an untimed warm-up, in rounds that alternate the order of the four runs."""
+    variants = [(pack, sort) for pack in (False, True) for sort in (False, True)]
+    names = {(False, False): "padded, file order", (False, True): "padded, sorted by length",
+             (True, False): "packed, file order", (True, True): "packed, sorted by length"}
     with tempfile.TemporaryDirectory() as tmp:
         source, warm = Path(tmp) / "texts.txt", Path(tmp) / "warm-up.txt"
         source.write_text("\n".join(texts) + "\n", encoding="utf-8")
         warm.write_text("\n".join(texts[:4 * batch_size]) + "\n", encoding="utf-8")
         xc.predict(model, Path(tmp) / "warm-up.jsonl", xc.PredictConfig(input=str(warm), threads=threads))
-        seconds: dict[bool, list[float]] = {False: [], True: []}
-        outputs: dict[bool, list[dict]] = {}
+        seconds: dict[tuple, list[float]] = {v: [] for v in variants}
+        outputs: dict[tuple, list[dict]] = {}
         for r in range(repeats):
-            for sort in (False, True) if r % 2 == 0 else (True, False):
-                out = Path(tmp) / f"out-{sort}-{r}.jsonl"
-                config = xc.PredictConfig(input=str(source), batch_size=batch_size, sort_by_length=sort,
+            for pack, sort in variants if r % 2 == 0 else variants[::-1]:
+                out = Path(tmp) / f"out-{pack}-{sort}-{r}.jsonl"
+                config = xc.PredictConfig(input=str(source), batch_size=batch_size, sort_by_length=sort, pack=pack,
                                           threads=threads)
                 start = time.perf_counter()
                 xc.predict(model, out, config)
-                seconds[sort].append(time.perf_counter() - start)
-                outputs[sort] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
-                print(f"[sorting] round {r} sorted={sort}: {seconds[sort][-1]:.1f} s", flush=True)
-    same = [a["label"] == b["label"] for a, b in zip(outputs[False], outputs[True], strict=True)]
-    diff = max(abs(a["score"] - b["score"]) for a, b in zip(outputs[False], outputs[True], strict=True))
-    # each round's two runs share the machine's load at that time, so the speed-up is taken per round
-    ratios = [f / s for f, s in zip(seconds[False], seconds[True], strict=True)]
-    rows = ["| round | file order: wall s (incl. model load) | sorted by length: wall s | speed-up |",
-            "|---|---|---|---|"]
-    rows += [f"| {r} | {f:.1f} ({len(texts) / f:.1f} texts/s) | {s:.1f} ({len(texts) / s:.1f} texts/s) | {q:.2f}x |"
-             for r, (f, s, q) in enumerate(zip(seconds[False], seconds[True], ratios, strict=True))]
+                seconds[pack, sort].append(time.perf_counter() - start)
+                outputs[pack, sort] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+                print(f"[sorting] round {r} {names[pack, sort]}: {seconds[pack, sort][-1]:.1f} s", flush=True)
+    reference = outputs[False, False]
+    same = min(sum(a["label"] == b["label"] for a, b in zip(reference, outputs[v], strict=True)) for v in variants)
+    diff = max(abs(a["score"] - b["score"]) for v in variants for a, b in zip(reference, outputs[v], strict=True))
+
+    def gain(slow: tuple, fast: tuple) -> float:
+        """Median over rounds of the per-round ratio: each round's runs share the machine's load at that time."""
+        return statistics.median(a / b for a, b in zip(seconds[slow], seconds[fast], strict=True))
+
+    rows = ["| batches | " + " | ".join(f"round {r}: wall s (texts/s)" for r in range(repeats)) + " |",
+            "|---|" + "---|" * repeats]
+    rows += [f"| {names[v]} | " + " | ".join(f"{t:.1f} ({len(texts) / t:.1f})" for t in seconds[v]) + " |"
+             for v in variants]
     return (f"{len(texts)} SIB-200 test texts, batch size {batch_size}, default chunk size, {repeats} round(s) after "
-            f"a warm-up (which batching runs first alternates), model `{model}`.\n\n" + "\n".join(rows) +
-            f"\n\nSpeed-up of length-sorted batching, median over rounds: **{statistics.median(ratios):.2f}x**. Both "
-            f"runs write results in input order: the same label for {sum(same)}/{len(same)} texts, max score "
-            f"difference {diff:.1e}.\n")
+            f"a warm-up (the order of the four runs alternates), model `{model}`; wall time includes loading the "
+            "model. Padded: every row computed at the batch's longest length (`--no-pack`); packed: one row of real "
+            "tokens, padded only inside attention (the default for torch models).\n\n" + "\n".join(rows) +
+            "\n\nSpeed-up of length-sorted batching over file order, median over rounds: "
+            f"**{gain((0, 0), (0, 1)):.2f}x** with padded batches, {gain((1, 0), (1, 1)):.2f}x with packed ones. "
+            f"Packing over padding: {gain((0, 0), (1, 0)):.2f}x in file order, {gain((0, 1), (1, 1)):.2f}x sorted. "
+            f"Every run writes results in input order: the same label as padded file order for at least "
+            f"{same}/{len(texts)} texts, max score difference {diff:.1e}.\n")
 
 
 def start_server(model: str, port: int, max_batch: int, max_wait_ms: float, threads: int | None,
@@ -100,18 +111,25 @@ def request(port: int, method: str, path: str, body: bytes | None = None, timeou
         conn.close()
 
 
-def load_run(port: int, texts: list[str], clients: int, requests: int) -> dict:
-    """`requests` single-text POSTs spread over `clients` threads: throughput, latency percentiles, failures."""
+def load_run(port: int, texts: list[str], clients: int, requests: int, keep_alive: bool = False) -> dict:
+    """`requests` single-text POSTs spread over `clients` threads (each on one kept-alive connection, or a new
+    connection per request): wall time, latencies, failures, model calls."""
     latencies: list[float] = []
     failures = [0]
     lock = threading.Lock()
 
     def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120) if keep_alive else None
         for i in range(k, requests, clients):
             body = json.dumps({"inputs": texts[i % len(texts)]}).encode()
             start = time.perf_counter()
             try:
-                ok = request(port, "POST", "/predict", body)[0] == 200
+                if conn is None:
+                    ok = request(port, "POST", "/predict", body)[0] == 200
+                else:
+                    conn.request("POST", "/predict", body=body, headers={"Content-Type": "application/json"})
+                    response = conn.getresponse()
+                    ok = response.status == 200 and bool(response.read())
             except OSError:
                 ok = False
             with lock:
@@ -129,36 +147,50 @@ def load_run(port: int, texts: list[str], clients: int, requests: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    sizes = {k: v - before.get(k, 0) for k, v in batch_sizes().items()}
-    return {"throughput": requests / wall, "p50": 1000 * float(np.percentile(latencies, 50)),
-            "p99": 1000 * float(np.percentile(latencies, 99)), "failures": failures[0],
-            "mean_batch": sum(k * v for k, v in sizes.items()) / sum(sizes.values())}
+    calls = sum(v - before.get(k, 0) for k, v in batch_sizes().items())
+    return {"requests": requests, "wall": wall, "latencies": latencies, "failures": failures[0], "calls": calls}
 
 
-def load(model: str, texts: list[str], clients: int, requests: int, max_batch: int, max_wait_ms: float,
-         threads: int | None, port: int) -> str:
-    """The same load against serve with micro-batching and with --max-batch 1, one after the other."""
-    results = {}
+def load(model: str, texts: list[str], clients: int, requests: int, rounds: int, max_batch: int, max_wait_ms: float,
+         threads: int | None, port: int, keep_alive: bool) -> str:
+    """The same load against serve with micro-batching and with --max-batch 1: both servers up at once (one idle
+    while the other is loaded), in rounds that alternate which goes first, so a drift in the machine's speed hits
+    both alike; the gain is taken per round."""
+    names = [f"micro-batching (max batch {max_batch}, wait {max_wait_ms:g} ms)", "no batching (max batch 1)"]
+    ports = {names[0]: port, names[1]: port + 1}
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     with tempfile.TemporaryFile("w+") as log:
-        for name, batch in ((f"micro-batching (max batch {max_batch}, wait {max_wait_ms:g} ms)", max_batch),
-                            ("no batching (max batch 1)", 1)):
-            process = start_server(model, port, batch, max_wait_ms, threads, log)
-            try:
-                load_run(port, texts, clients, 2 * clients)  # warm-up, left out of every figure
-                results[name] = load_run(port, texts, clients, requests)
-            finally:
+        servers = [start_server(model, ports[name], batch, max_wait_ms, threads, log)
+                   for name, batch in zip(names, (max_batch, 1), strict=True)]
+        try:
+            for name in names:
+                load_run(ports[name], texts, clients, 2 * clients)  # warm-up, left out of every figure
+            for r in range(rounds):
+                for name in names if r % 2 == 0 else names[::-1]:
+                    runs[name].append(load_run(ports[name], texts, clients, requests // rounds, keep_alive))
+                    rate = runs[name][-1]["requests"] / runs[name][-1]["wall"]
+                    print(f"[load] round {r} {name}: {rate:.1f} requests/s", flush=True)
+        finally:
+            for process in servers:
                 process.terminate()
                 process.wait(60)
-            print(f"[load] {name}: {results[name]}", flush=True)
     rows = ["| server | requests/s | p50 ms | p99 ms | failed | mean texts per model call |",
             "|---|---|---|---|---|---|"]
-    rows += [f"| {name} | {r['throughput']:.1f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['failures']} | "
-             f"{r['mean_batch']:.1f} |" for name, r in results.items()]
-    batched, single = results.values()
-    gain = batched["throughput"] / single["throughput"]
-    return (f"{clients} concurrent loopback clients, {requests} single-text requests per server (SIB-200 test texts), "
-            f"model `{model}`.\n\n" + "\n".join(rows) + f"\n\nThroughput of micro-batching over --max-batch 1: "
-            f"**{gain:.2f}x**; failed requests: {batched['failures'] + single['failures']}.\n")
+    for name in names:
+        done = sum(run["requests"] for run in runs[name])
+        latencies = [x for run in runs[name] for x in run["latencies"]]
+        rows.append(f"| {name} | {done / sum(run['wall'] for run in runs[name]):.1f} | "
+                    f"{1000 * np.percentile(latencies, 50):.0f} | {1000 * np.percentile(latencies, 99):.0f} | "
+                    f"{sum(run['failures'] for run in runs[name])} | "
+                    f"{done / sum(run['calls'] for run in runs[name]):.1f} |")
+    gains = [single["wall"] / batched["wall"] for batched, single in zip(*runs.values(), strict=True)]
+    failed = sum(run["failures"] for name in names for run in runs[name])
+    connections = "one kept-alive connection each" if keep_alive else "a new connection per request"
+    return (f"{clients} concurrent loopback clients ({connections}), {requests} single-text requests "
+            f"per server in {rounds} rounds (SIB-200 test texts), model `{model}`.\n\n" + "\n".join(rows) +
+            "\n\nThroughput of micro-batching over --max-batch 1, per round: " +
+            ", ".join(f"{g:.2f}x" for g in gains) + f"; median **{statistics.median(gains):.2f}x**, lowest "
+            f"{min(gains):.2f}x. Failed requests: {failed}.\n")
 
 
 def agreement(models: list[str], texts: list[str], batch_size: int, threads: int | None) -> str:
@@ -192,17 +224,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="CPU threads of the model (default: the runtime's own)")
     ap.add_argument("--repeats", type=int, default=2, help="sorting: rounds per batching (which runs first alternates)")
     ap.add_argument("--clients", type=int, default=16, help="load: concurrent clients")
-    ap.add_argument("--requests", type=int, default=800, help="load: requests per server")
+    ap.add_argument("--requests", type=int, default=800, help="load: requests per server, over all rounds")
+    ap.add_argument("--rounds", type=int, default=4, help="load: rounds per server (which goes first alternates)")
+    ap.add_argument("--keep-alive", action="store_true", help="load: each client keeps one connection open")
     ap.add_argument("--max-batch", type=int, default=32, help="load: the micro-batching server's --max-batch")
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="load: the servers' --max-wait-ms")
-    ap.add_argument("--port", type=int, default=8087, help="load: loopback port of the servers")
+    ap.add_argument("--port", type=int, default=8087, help="load: loopback port of the batching server (+1: the other)")
     a = ap.parse_args()
     texts = sib_texts(a.data, a.limit)
     if a.study == "sorting":
         body = sorting(a.models[0], texts, a.batch_size, a.repeats, a.threads)
         update_section("inference-sorting", "Inference: predict with length-sorted batching (SIB-200 test)", body)
     elif a.study == "load":
-        body = load(a.models[0], texts, a.clients, a.requests, a.max_batch, a.max_wait_ms, a.threads, a.port)
+        body = load(a.models[0], texts, a.clients, a.requests, a.rounds, a.max_batch, a.max_wait_ms, a.threads, a.port,
+                    a.keep_alive)
         update_section("inference-load", "Inference: serve under a loopback load (16 clients)", body)
     else:
         body = agreement(a.models, texts, a.batch_size, a.threads)

@@ -171,6 +171,36 @@ def test_torch_and_onnx_directories_agree(dirs: dict[str, Path], task: str) -> N
                       - np.array([[r["score"] for r in x] for x in b])).max() < 1e-4
 
 
+@pytest.mark.parametrize("kind", ["sequence-classification", "token-classification", "question-answering",
+                                  "torch-int8", "pruned"])
+def test_packed_batches_give_the_padded_outputs(dirs: dict[str, Path], kind: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch packed into one row of real tokens gives every head the outputs of the padded batch."""
+    from xlmr_compress import attention
+
+    model = dirs.get(kind)
+    if kind == "torch-int8":
+        model = xc.quantize(dirs["sequence-classification"], tmp_path / "int8", xc.QuantizeConfig(mode="torch-int8"))
+    elif kind == "pruned":  # heads of uneven count per layer
+        model = xc.prune(dirs["token-classification"], tmp_path / "pruned", xc.PruneConfig(keep_heads=[3, 1]))
+    calls = []
+    packed_forward = attention.packed_forward
+    monkeypatch.setattr(attention, "packed_forward", lambda *a: calls.append(a[1].shape) or packed_forward(*a))
+    padded, packed = xc.pipeline(model, pack=False), xc.pipeline(model)
+    assert packed.predictor.packed and not padded.predictor.packed
+    ids = [padded.tokenizer(t)["input_ids"] for t in TEXTS]
+    want = padded.forward(ids)
+    assert not calls
+    got = packed.forward(ids)
+    assert calls == [(len(TEXTS), max(map(len, ids)))], "one packed call for the whole batch"
+    # dynamic int8 scales activations by each matrix's range, which padding rows widen: only quantization noise
+    tol = 2e-3 if kind == "torch-int8" else 1e-5
+    for a, b in zip(want, got, strict=True):
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_allclose(b[name], a[name], atol=tol, rtol=1e-4)
+
+
 def test_same_labels_and_scores_as_transformers_pipeline(dirs: dict[str, Path]) -> None:
     import transformers
 
@@ -321,3 +351,4 @@ def test_length_batches_bound_padding_and_keep_every_text() -> None:
         assert 1 <= len(batch) <= 3
         assert lengths[batch].max() * len(batch) <= PADDING_SLACK * lengths[batch].sum()
     assert len(length_batches(order, np.full(10, 7), batch_size=4)) == 3  # equal lengths: only the size cuts
+    assert length_batches(order, lengths, 4, slack=np.inf) == [order[i:i + 4].tolist() for i in (0, 4, 8)]

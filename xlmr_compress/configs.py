@@ -256,6 +256,8 @@ class PipelineConfig:
     stride: int = option(128, "QA only: overlap in tokens between windows of a long context")
     sort_by_length: bool = option(True, "batch texts of similar length together, so padding stays small (results "
                                         "keep the input order)")
+    pack: bool = option(True, "torch models: run a batch as one row of its real tokens, so padding costs nothing "
+                              "outside attention (ONNX graphs take padded batches)")
 
 
 @dataclass

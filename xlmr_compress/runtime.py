@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
-from . import directory, metrics
+from . import attention, directory, metrics
 from .console import progress
 from .errors import UserError
 
@@ -25,14 +25,16 @@ class Predictor:
     label_names: list[str]
     backend: str
     model: Any = None
+    packed: bool = False  # padded batches run as one row of real tokens (attention.packed_forward)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.run(batch)
 
     @classmethod
     def load(cls, model_dir: str | Path, device: str = "cpu", threads: int | None = None, provider: str | None = None,
-             info: directory.ModelInfo | None = None, **options: Any) -> Predictor:
-        """A predictor for any model directory kind (torch, pruned, torch int8, ONNX); `info` as in directory.load."""
+             info: directory.ModelInfo | None = None, pack: bool = False, **options: Any) -> Predictor:
+        """A predictor for any model directory kind (torch, pruned, torch int8, ONNX); `info` as in directory.load;
+        `pack`: torch models skip the padding of a batch everywhere but in attention (ONNX graphs take it padded)."""
         info = info or directory.inspect(model_dir)
         if info.is_onnx:
             model, tokenizer = directory.load(model_dir, info=info, device=device, threads=threads, provider=provider)
@@ -43,10 +45,10 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         model, tokenizer = directory.load(model_dir, info=info, **options)
-        return cls.from_torch(model, tokenizer, device)
+        return cls.from_torch(model, tokenizer, device, pack)
 
     @classmethod
-    def from_torch(cls, model: Any, tokenizer: Any, device: str = "cpu") -> Predictor:
+    def from_torch(cls, model: Any, tokenizer: Any, device: str = "cpu", pack: bool = False) -> Predictor:
         """Wrap an in-memory torch model (used during training, before anything is saved)."""
         check_device(device)
         task = directory.task_of(model)
@@ -54,14 +56,19 @@ class Predictor:
             raise UserError(f"{type(model).__name__} has no task head: fine-tune it for a task first")
         names = directory.OUTPUTS[task]
         model = model.to(device).eval()
+        if pack and model.config._attn_implementation not in (attention.NAME, attention.PACKED):
+            model.set_attn_implementation(attention.PACKED)
 
         @torch.inference_mode()
         def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            inputs = {k: torch.as_tensor(np.asarray(v)).to(device) for k, v in batch.items()}
-            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            ids, mask = (torch.as_tensor(np.asarray(batch[k])).to(device) for k in ("input_ids", "attention_mask"))
+            if pack and len(ids) > 1 and not bool(mask.all()):
+                out = attention.packed_forward(model, ids, mask)
+            else:
+                out = model(input_ids=ids, attention_mask=mask)
             return {n: out[n].float().cpu().numpy() for n in names}
 
-        return cls(run, tokenizer, task, directory.label_names_of(model.config, task), "torch", model)
+        return cls(run, tokenizer, task, directory.label_names_of(model.config, task), "torch", model, pack)
 
 
 def check_device(device: str) -> None:

@@ -45,8 +45,8 @@ class Pipeline:
         """Load a model directory of any kind through runtime.Predictor."""
         config = config or PipelineConfig()
         info = directory.inspect(model_dir)
-        return cls(runtime.Predictor.load(model_dir, device=config.device, threads=config.threads, info=info), config,
-                   info)
+        return cls(runtime.Predictor.load(model_dir, device=config.device, threads=config.threads, info=info,
+                                          pack=config.pack), config, info)
 
     def __call__(self, inputs: Any = None, *, question: Any = None, context: Any = None,
                  top_k: int | None = None) -> Any:
@@ -96,7 +96,7 @@ class Pipeline:
         """What the model is: task, labels, directory kind, precision and the sequence limit."""
         kind, precision = (self.model_info.kind, self.model_info.precision) if self.model_info else (None, None)
         return {"task": self.task, "labels": self.label_names, "kind": kind, "precision": precision,
-                "backend": self.predictor.backend, "max_length": self.max_length}
+                "backend": self.predictor.backend, "packed": self.predictor.packed, "max_length": self.max_length}
 
     # --- tasks ------------------------------------------------------------------------------------------------
 
@@ -188,7 +188,9 @@ class Pipeline:
         order = np.argsort(lengths, kind="stable") if self.config.sort_by_length else np.arange(len(ids))
         results: list[dict[str, np.ndarray]] = [{} for _ in ids]
         pad = self.tokenizer.pad_token_id
-        batches = length_batches(order, lengths, self.config.batch_size) if self.config.sort_by_length else \
+        # a packed batch computes only its real tokens outside attention, so only the batch size cuts it
+        slack = np.inf if self.predictor.packed else PADDING_SLACK
+        batches = length_batches(order, lengths, self.config.batch_size, slack) if self.config.sort_by_length else \
             [order[first:first + self.config.batch_size] for first in range(0, len(order), self.config.batch_size)]
         for index in batches:
             index = np.asarray(index)
@@ -209,14 +211,15 @@ class Pipeline:
                           "raise max_length (at most 512) or split the texts", stacklevel=2)
 
 
-def length_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int) -> list[list[int]]:
-    """Runs of the length-sorted order, at most batch_size long, cut early once padding would exceed PADDING_SLACK
-    times the real tokens: a batch of mixed lengths computes its longest text's width for every row."""
+def length_batches(order: np.ndarray, lengths: np.ndarray, batch_size: int,
+                   slack: float = PADDING_SLACK) -> list[list[int]]:
+    """Runs of the length-sorted order, at most batch_size long, cut early once padding would exceed `slack` times
+    the real tokens: a padded batch of mixed lengths computes its longest text's width for every row."""
     batches: list[list[int]] = [[]]
     real = 0
     for i in order:
         batch = batches[-1]
-        if batch and (len(batch) == batch_size or lengths[i] * (len(batch) + 1) > PADDING_SLACK * (real + lengths[i])):
+        if batch and (len(batch) == batch_size or lengths[i] * (len(batch) + 1) > slack * (real + lengths[i])):
             batches.append([])
             real = 0
         batches[-1].append(int(i))
