@@ -139,6 +139,25 @@ def test_every_step_skipped_keeps_the_teacher_once(tmp_path, toy_data, toy_teach
     assert xc.inspect(best).task == "sequence-classification"
 
 
+def test_a_language_below_its_floor_falls_back_though_the_overall_drop_fits(tmp_path, toy_data, toy_teacher, capsys):
+    # 100 points of overall drop allowed, but each language must keep 99% of the teacher's macro-F1: an untrained
+    # student keeps far less, so distillation falls back to its `null` and the teacher is the candidate
+    recipe = write_recipe(tmp_path / "recipe.yaml", [1, None], [{"stage": "torch"}], max_steps=1, student_init="fresh")
+    out = tmp_path / "out"
+    with pytest.raises(xc.UserError, match="--min-language-share 1.5 is not a share"):
+        xc.compress(toy_teacher, out, xc.CompressConfig(min_language_share=1.5, recipe=str(recipe)), toy_data)
+    config = xc.CompressConfig(max_drop=100.0, min_language_share=0.99, recipe=str(recipe), repeats=2, memory=False)
+    xc.compress(toy_teacher, out, config, toy_data)
+    results = json.loads((out / "results.json").read_text())
+    student = next(step for step in results["path"] if step.get("candidate") == "distill-student_layers1")
+    assert student["drop"] <= student["allowance"] and not student["kept"]
+    language, share = student["weakest_language"]
+    assert language in ("en", "fr") and share < 0.99
+    assert results["chosen"] == "teacher" and results["min_language_share"] == 0.99
+    assert f"weakest language {language} at {share:.1%} (floor 99%): falling back" in capsys.readouterr().out
+    assert "every language keeping at least 99% of the teacher's" in (out / "report.md").read_text()
+
+
 KILL_AT_FIRST_RECOVERY_CHECKPOINT = """
 import os, signal, sys
 import transformers

@@ -201,6 +201,8 @@ class CompressConfig:
 
     max_drop: float = option(1.0, "largest loss allowed on the validation split, in points of the task's main metric "
                                   "(macro-F1, entity F1 or SQuAD F1)")
+    min_language_share: float = option(0.0, "least share of the teacher's validation metric that every language must "
+                                            "keep (0.95: 95%; 0: only the overall drop counts)")
     recipe: str | None = option(None, "YAML recipe of stages and candidate settings (default: the shipped one, "
                                       "written to OUT/recipe.yaml to edit and rerun)")
     latency_batch: int = option(1, "batch size the latency is measured at")
@@ -256,8 +258,8 @@ class PipelineConfig:
     stride: int = option(128, "QA only: overlap in tokens between windows of a long context")
     sort_by_length: bool = option(True, "batch texts of similar length together, so padding stays small (results "
                                         "keep the input order)")
-    pack: bool = option(True, "torch models: run a batch as one row of its real tokens, so padding costs nothing "
-                              "outside attention (ONNX graphs take padded batches)")
+    pack: bool = option(True, "torch models: run a batch of mixed lengths as one row of its real tokens, so "
+                              "padding costs nothing outside attention (ONNX graphs take padded batches)")
 
 
 @dataclass

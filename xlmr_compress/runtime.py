@@ -14,6 +14,8 @@ from . import attention, directory, metrics
 from .console import progress
 from .errors import UserError
 
+PACK_ABOVE = 0.1  # share of a batch's token slots that is padding, above which packing pays for its copies
+
 
 @dataclass
 class Predictor:
@@ -25,7 +27,7 @@ class Predictor:
     label_names: list[str]
     backend: str
     model: Any = None
-    packed: bool = False  # padded batches run as one row of real tokens (attention.packed_forward)
+    packed: bool = False  # batches over PACK_ABOVE padding run as one row of real tokens (attention.packed_forward)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.run(batch)
@@ -62,7 +64,7 @@ class Predictor:
         @torch.inference_mode()
         def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             ids, mask = (torch.as_tensor(np.asarray(batch[k])).to(device) for k in ("input_ids", "attention_mask"))
-            if pack and len(ids) > 1 and not bool(mask.all()):
+            if pack and len(ids) > 1 and int(mask.sum()) < (1 - PACK_ABOVE) * mask.numel():
                 out = attention.packed_forward(model, ids, mask)
             else:
                 out = model(input_ids=ids, attention_mask=mask)

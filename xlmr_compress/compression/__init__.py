@@ -31,6 +31,9 @@ def compress(src: str | Path, out: str | Path, config: CompressConfig | None = N
     recipe = load_recipe(config.recipe)
     if config.max_drop < 0:
         raise UserError(f"--max-drop {config.max_drop} is negative: give the points you accept to lose (0 or more)")
+    if not 0 <= config.min_language_share <= 1:
+        raise UserError(f"--min-language-share {config.min_language_share} is not a share: give one in [0, 1], "
+                        "such as 0.95")
     if data is None:
         raise UserError("compress scores candidates on task data: pass --data (with train and validation splits)")
     task_data = data if isinstance(data, data_mod.TaskData) else data_mod.load_data(data)
@@ -44,7 +47,7 @@ def compress(src: str | Path, out: str | Path, config: CompressConfig | None = N
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(recipe.text, encoding="utf-8")
     search_data = searchable(task_data, config)
-    search = Search(out, search_data, recipe, config.max_drop, config.max_length)
+    search = Search(out, search_data, recipe, config.max_drop, config.max_length, config.min_language_share)
     teacher = with_head(Path(src), search, recipe)
     name, model = search.lossy(teacher)
     candidates = search.backends(name, model)
@@ -53,8 +56,9 @@ def compress(src: str | Path, out: str | Path, config: CompressConfig | None = N
     base = search.score("teacher", teacher)
     scored = []
     for cname in candidates:
-        drop = search.drop(base, accuracy[cname])
-        scored.append({"name": cname, "drop": drop, **rows[cname], "within": within_budget(drop, config.max_drop)})
+        drop, weakest = search.drop(base, accuracy[cname]), search.weakest(base, accuracy[cname])
+        scored.append({"name": cname, "drop": drop, **rows[cname], "weakest_language": weakest,
+                       "within": within_budget(drop, config.max_drop) and search.languages_hold(weakest)})
     chosen = choose(scored)
     best = None
     if chosen is not None:
@@ -62,9 +66,13 @@ def compress(src: str | Path, out: str | Path, config: CompressConfig | None = N
     report = write_report(out, search, config, teacher, scored, rows, chosen, best, task_data)
     if chosen is None:
         closest = min(scored, key=lambda c: c["drop"])
-        raise UserError(f"no candidate is within --max-drop {config.max_drop:g}: the closest is {closest['name']} at "
-                        f"{closest['drop']:.2f} points (report: {report}); raise --max-drop or add gentler candidates "
-                        "to the recipe")
+        weakest = closest["weakest_language"]
+        languages = f", {weakest[0]} keeping {weakest[1]:.1%} of the teacher" if config.min_language_share and weakest \
+            else ""
+        floor = f" and --min-language-share {config.min_language_share:g}" if config.min_language_share else ""
+        raise UserError(f"no candidate is within --max-drop {config.max_drop:g}{floor}: the closest is "
+                        f"{closest['name']} at {closest['drop']:.2f} points{languages} (report: {report}); loosen "
+                        "the budget or add gentler candidates to the recipe")
     return out / "best"
 
 

@@ -25,8 +25,10 @@ def write_report(out: Path, search: Any, config: Any, teacher: Path, scored: lis
     # when every lossy step was skipped, the teacher is itself the torch candidate: one row for it
     for label in dict.fromkeys(("teacher", "teacher-onnx", *[c["name"] for c in scored])):
         row = rows[label]
+        weakest = search.weakest(validation["teacher"], validation[label])
         entry = {"model": label, metric: validation[label]["overall"][metric],
                  "drop_points": 100 * (validation["teacher"]["overall"][metric] - validation[label]["overall"][metric]),
+                 "weakest_language": f"{weakest[0]} {weakest[1]:.1%}" if weakest else None,
                  **{k: row.get(k) for k in COLUMNS},
                  "vs_teacher_torch": teacher_p50 / row["p50_ms"], "vs_teacher_onnx": onnx_p50 / row["p50_ms"]}
         entry["chosen"] = bool(chosen and chosen["name"] == label)
@@ -41,7 +43,8 @@ def write_report(out: Path, search: Any, config: Any, teacher: Path, scored: lis
     plot_rows = [{"variant": t["model"], "p50_ms": t["p50_ms"], "size_mib": t["size_mib"], metric: t[metric]}
                  for t in table]
     plot_pareto(plot_rows, metric, out / "pareto.png", rows["teacher"]["setting"])
-    results = {"metric": metric, "max_drop_points": config.max_drop, "setting": rows["teacher"]["setting"],
+    results = {"metric": metric, "max_drop_points": config.max_drop, "min_language_share": config.min_language_share,
+               "setting": rows["teacher"]["setting"],
                "machine": machine(), "candidates": table, "path": search.path,
                "chosen": chosen["name"] if chosen else None, "test": test}
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n")
@@ -68,9 +71,11 @@ def machine() -> dict:
 def markdown(results: dict, table: list[dict], test: dict, metric: str) -> str:
     """The report as Markdown."""
     m = results["machine"]
+    floor = results.get("min_language_share")
+    languages = f", every language keeping at least {floor:.0%} of the teacher's" if floor else ""
     lines = ["# compress report\n", f"Budget: at most {results['max_drop_points']:g} points of {metric} lost on the "
-             f"validation split. Latency: {results['setting']}. Machine: {m['cpu']}, {m['cores']} cores, flags "
-             f"{' '.join(m['flags']) or 'none of avx2/avx512/vnni/amx'}.\n",
+             f"validation split{languages}. Latency: {results['setting']}. Machine: {m['cpu']}, {m['cores']} cores, "
+             f"flags {' '.join(m['flags']) or 'none of avx2/avx512/vnni/amx'}.\n",
              f"Chosen: **{results['chosen'] or 'none within budget'}**.\n", "## Candidates (validation split)\n",
              markdown_table(table), "\n![accuracy against latency](pareto.png)\n", "## The path the search took\n"]
     for step in results["path"]:
@@ -82,8 +87,10 @@ def markdown(results: dict, table: list[dict], test: dict, metric: str) -> str:
             lines.append(f"- {step['stage']}: no candidate within its allowance; went on with the closest, "
                          f"{step['candidate']} ({step['drop']:+.2f} points), and stopped")
         else:
+            weakest = step.get("weakest_language")
+            languages = f", weakest language {weakest[0]} at {weakest[1]:.1%}" if weakest else ""
             lines.append(f"- {step['candidate']}: drop {step['drop']:+.2f} points against an allowance of "
-                         f"{step['allowance']:.2f}: {'kept' if step['kept'] else 'fell back'}")
+                         f"{step['allowance']:.2f}{languages}: {'kept' if step['kept'] else 'fell back'}")
     if test:
         lines += ["", "## Test split (scored once)\n"]
         names = list(test)

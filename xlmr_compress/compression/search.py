@@ -63,9 +63,10 @@ def _minutes(seconds: float) -> str:
 class Search:
     """State of one compress run in its working directory: candidates built, validation scores, the path taken."""
 
-    def __init__(self, out: Path, data: data_mod.TaskData, recipe: Recipe, max_drop: float, max_length: int) -> None:
+    def __init__(self, out: Path, data: data_mod.TaskData, recipe: Recipe, max_drop: float, max_length: int,
+                 min_share: float = 0.0) -> None:
         self.out, self.data, self.recipe = out, data, recipe
-        self.max_drop, self.max_length = max_drop, max_length
+        self.max_drop, self.max_length, self.min_share = max_drop, max_length, min_share
         self.metric = MAIN_METRIC[data.task]
         self.candidates = out / "candidates"
         self.state_file = out / "state.json"
@@ -106,6 +107,17 @@ class Search:
         """Points of the main metric lost against the reference (negative: a gain)."""
         return 100 * (reference["overall"][self.metric] - result["overall"][self.metric])
 
+    def weakest(self, reference: dict, result: dict) -> tuple[str, float] | None:
+        """The language that keeps the smallest share of the reference's metric, and that share (None: no languages)."""
+        ref, got = reference.get("per_language", {}), result.get("per_language", {})
+        shares = {lang: got[lang][self.metric] / ref[lang][self.metric] for lang in ref
+                  if lang in got and ref[lang][self.metric] > 0}
+        return min(shares.items(), key=lambda item: item[1]) if shares else None
+
+    def languages_hold(self, weakest: tuple[str, float] | None) -> bool:
+        """Whether every language keeps at least min_share of the teacher's metric."""
+        return weakest is None or weakest[1] >= self.min_share - 1e-9
+
     def lossy(self, teacher: Path) -> tuple[str, Path]:
         """Run the lossy steps with their fallbacks; the name and directory of the torch model kept."""
         base = self.score("teacher", teacher)
@@ -120,12 +132,16 @@ class Search:
                     break
                 cname = f"{step.stage}-{slug(options)}" if name == "teacher" else f"{name}+{step.stage}-{slug(options)}"
                 built = self.build(step.stage, current, cname, {**step.settings, **options})
-                drop = self.drop(base, self.score(cname, built))
-                kept = drop <= allowance
+                result = self.score(cname, built)
+                drop, weakest = self.drop(base, result), self.weakest(base, result)
+                kept = drop <= allowance and self.languages_hold(weakest)
                 self.path.append({"stage": step.stage, "candidate": cname, "options": options, "drop": drop,
-                                  "allowance": allowance, "kept": kept})
-                self.progress.log(f"{cname}: validation drop {drop:+.2f} points, allowance {allowance:.2f}: "
-                                  + ("kept" if kept else "falling back"))
+                                  "allowance": allowance, "weakest_language": weakest, "min_share": self.min_share,
+                                  "kept": kept})
+                self.progress.log(f"{cname}: validation drop {drop:+.2f} points, allowance {allowance:.2f}"
+                                  + (f", weakest language {weakest[0]} at {weakest[1]:.1%}" if weakest else "")
+                                  + (f" (floor {self.min_share:.0%})" if self.min_share else "")
+                                  + (": kept" if kept else ": falling back"))
                 if kept:
                     name, current = cname, built
                     self.progress.skip(self._planned(step.candidates[i + 1:], step))
