@@ -151,6 +151,21 @@ def load_run(port: int, texts: list[str], clients: int, requests: int, keep_aliv
     return {"requests": requests, "wall": wall, "latencies": latencies, "failures": failures[0], "calls": calls}
 
 
+def model_gain(model: str, texts: list[str], batch: int, rounds: int, threads: int | None) -> list[float]:
+    """The model's own gain from batching, without a server: pipeline throughput on the same texts taken `batch` at
+    a time against one at a time, per round (which goes first alternates). The ceiling of what micro-batching gives."""
+    pipe = xc.pipeline(model, threads=threads, batch_size=batch)
+    pipe(texts[:batch])  # warm-up
+    seconds: dict[int, list[float]] = {1: [], batch: []}
+    for r in range(rounds):
+        for size in (1, batch) if r % 2 == 0 else (batch, 1):
+            start = time.perf_counter()
+            for first in range(0, len(texts), size):
+                pipe(texts[first:first + size])
+            seconds[size].append(time.perf_counter() - start)
+    return [one / many for one, many in zip(seconds[1], seconds[batch], strict=True)]
+
+
 def load(model: str, texts: list[str], clients: int, requests: int, rounds: int, max_batch: int, max_wait_ms: float,
          threads: int | None, port: int, keep_alive: bool) -> str:
     """The same load against serve with micro-batching and with --max-batch 1: both servers up at once (one idle
@@ -185,12 +200,17 @@ def load(model: str, texts: list[str], clients: int, requests: int, rounds: int,
                     f"{done / sum(run['calls'] for run in runs[name]):.1f} |")
     gains = [single["wall"] / batched["wall"] for batched, single in zip(*runs.values(), strict=True)]
     failed = sum(run["failures"] for name in names for run in runs[name])
+    ceiling = model_gain(model, texts[:12 * clients], clients, rounds, threads)
     connections = "one kept-alive connection each" if keep_alive else "a new connection per request"
     return (f"{clients} concurrent loopback clients ({connections}), {requests} single-text requests "
             f"per server in {rounds} rounds (SIB-200 test texts), model `{model}`.\n\n" + "\n".join(rows) +
             "\n\nThroughput of micro-batching over --max-batch 1, per round: " +
             ", ".join(f"{g:.2f}x" for g in gains) + f"; median **{statistics.median(gains):.2f}x**, lowest "
-            f"{min(gains):.2f}x. Failed requests: {failed}.\n")
+            f"{min(gains):.2f}x. Failed requests: {failed}.\n\nThe model alone, without a server (`xc.pipeline` in "
+            f"this process, after the servers stopped), on {12 * clients} of the same texts {clients} at a time "
+            "against one at a time, per round: " + ", ".join(f"{g:.2f}x" for g in ceiling) +
+            f"; median {statistics.median(ceiling):.2f}x: the ceiling of what batching {clients} clients' texts can "
+            "gain on this machine.\n")
 
 
 def agreement(models: list[str], texts: list[str], batch_size: int, threads: int | None) -> str:
