@@ -19,7 +19,7 @@ from benchmarks.results import update_section
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
-def summary(out: Path, seconds: float, max_drop: float, resumed: bool) -> str:
+def summary(out: Path, seconds: float, max_drop: float, min_share: float, resumed: bool) -> str:
     """Markdown: the decision, the bars of the issue, the per-language shares, and the report's candidate table."""
     results = json.loads((out / "results.json").read_text())
     metric, test = results["metric"], results["test"]
@@ -34,7 +34,8 @@ def summary(out: Path, seconds: float, max_drop: float, resumed: bool) -> str:
     lines = [
         f"Machine flags: {' '.join(m['flags'])} ({m['cpu']}). Latency: {results['setting']}. Search wall time "
         f"{seconds / 60:.1f} min{' (a rerun: finished candidates reused, the models timed again)' if resumed else ''}"
-        f"{'' if resumed else ' from an empty OUT'}. Budget: {max_drop:g} points of {metric} on validation.",
+        f"{'' if resumed else ' from an empty OUT'}. Budget: {max_drop:g} points of {metric} on validation"
+        f"{f', every language at {min_share:.0%} of the teacher or more' if min_share else ''}.",
         "",
         f"Chosen: `{results['chosen']}` ({chosen['backend']}, {chosen['precision']}).",
         "",
@@ -63,6 +64,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(SHARED / "data" / "sib200"), help="task data (default: SIB-200)")
     ap.add_argument("--out", required=True, help="compress working directory (rerun to resume)")
     ap.add_argument("--max-drop", type=float, default=1.0, help="budget in points of the main metric")
+    ap.add_argument("--min-language-share", type=float, default=0.0,
+                    help="floor per language on validation, as a share of the teacher's (0: off)")
     ap.add_argument("--train-examples", type=int, default=4000, help="seeded training subset (CPU budget)")
     ap.add_argument("--recipe", help="recipe YAML (default: the shipped one)")
     ap.add_argument("--languages", nargs="+", help="keep only these languages (default: all)")
@@ -70,10 +73,11 @@ def main() -> None:
     a = ap.parse_args()
     resumed = (Path(a.out) / "candidates").is_dir()
     start = time.perf_counter()
-    config = xc.CompressConfig(max_drop=a.max_drop, recipe=a.recipe, train_examples=a.train_examples)
+    config = xc.CompressConfig(max_drop=a.max_drop, min_language_share=a.min_language_share, recipe=a.recipe,
+                               train_examples=a.train_examples)
     xc.compress(a.teacher, a.out, config, xc.DataConfig(a.data, languages=a.languages))
     seconds = time.perf_counter() - start
-    body = summary(Path(a.out), seconds, a.max_drop, resumed)
+    body = summary(Path(a.out), seconds, a.max_drop, a.min_language_share, resumed)
     update_section(a.key, f"compress --max-drop {a.max_drop:g}: {Path(a.data).name}", body)
     print(body)
 

@@ -73,8 +73,9 @@ def sorting(model: str, texts: list[str], batch_size: int, repeats: int, threads
              for v in variants]
     return (f"{len(texts)} SIB-200 test texts, batch size {batch_size}, default chunk size, {repeats} round(s) after "
             f"a warm-up (the order of the four runs alternates), model `{model}`; wall time includes loading the "
-            "model. Padded: every row computed at the batch's longest length (`--no-pack`); packed: one row of real "
-            "tokens, padded only inside attention (the default for torch models).\n\n" + "\n".join(rows) +
+            "model. Padded: every row computed at the batch's longest length (`--no-pack`); packed (the default for "
+            "torch models): a batch over 10% padding runs as one row of real tokens, padded only inside attention."
+            "\n\n" + "\n".join(rows) +
             "\n\nSpeed-up of length-sorted batching over file order, median over rounds: "
             f"**{gain((0, 0), (0, 1)):.2f}x** with padded batches, {gain((1, 0), (1, 1)):.2f}x with packed ones. "
             f"Packing over padding: {gain((0, 0), (1, 0)):.2f}x in file order, {gain((0, 1), (1, 1)):.2f}x sorted. "
