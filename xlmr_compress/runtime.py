@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
-from . import attention, directory, metrics
+from . import directory, metrics
 from .console import progress
 from .errors import UserError
 
@@ -58,8 +58,11 @@ class Predictor:
             raise UserError(f"{type(model).__name__} has no task head: fine-tune it for a task first")
         names = directory.OUTPUTS[task]
         model = model.to(device).eval()
-        if pack and model.config._attn_implementation not in (attention.NAME, attention.PACKED):
-            model.set_attn_implementation(attention.PACKED)
+        if pack:
+            from . import attention  # transformers' attention registry: only torch models that pack need it
+
+            if model.config._attn_implementation not in (attention.NAME, attention.PACKED):
+                model.set_attn_implementation(attention.PACKED)
 
         @torch.inference_mode()
         def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
