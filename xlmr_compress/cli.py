@@ -67,6 +67,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: tu
         text = help_of(f)
         if not text:
             raise RuntimeError(f"{config_cls.__name__}.{f.name} has no help text: declare it with options.option()")
+        text = text.replace("%", "%%")  # argparse formats help with %: a field's "95%" stays literal
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         scalar, is_list = scalar_type(hints[f.name])
