@@ -132,6 +132,32 @@ def test_static_int8_calibrated_on_real_data(tmp_path: Path, sib, method: str) -
                                              - accuracy["quantized"]["overall"]["macro_f1"])
 
 
+def weight_matmuls_left_in_fp32(model_dir: Path, tmp_path: Path) -> int:
+    """MatMuls that ORT, after its own graph optimisation, runs in fp32 on a weight it dequantizes every call."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(model_dir / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(options.optimized_model_filepath).graph
+    dequantized_weights = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"
+                           and n.input[0] in {t.name for t in graph.initializer}}
+    return sum(n.op_type == "MatMul" and n.input[1] in dequantized_weights for n in graph.node)
+
+
+def test_static_int8_activations_are_uint8_so_onnxruntime_fuses_them(tmp_path: Path, sib) -> None:
+    src = sib_model(tmp_path, sib.label_names)
+    graphs = {}
+    for activations in ("uint8", "int8"):
+        config = QuantizeConfig(mode="static", activations=activations, calibration_size=16, batch_size=16,
+                                eval_split=None)
+        out = quantize(src, tmp_path / activations, config, sib)
+        graph = onnx.load(str(out / "model.onnx")).graph
+        zero_points = {t.name: t.data_type for t in graph.initializer}
+        graphs[activations] = {zero_points[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"}
+        graphs[activations + " fp32 matmuls"] = weight_matmuls_left_in_fp32(out, tmp_path / activations)
+    assert graphs["uint8"] == {onnx.TensorProto.UINT8} and graphs["int8"] == {onnx.TensorProto.INT8}
+    assert graphs["uint8 fp32 matmuls"] == 0  # every weight MatMul became an integer kernel
+
+
 def test_accuracy_drop_warns_with_nodes_to_keep(tmp_path: Path, sib) -> None:
     src = sib_model(tmp_path, sib.label_names)
     with pytest.warns(UserWarning, match="--exclude-nodes /roberta/encoder/layer"):

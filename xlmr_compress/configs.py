@@ -158,6 +158,9 @@ class QuantizeConfig:
     optimize: bool = option(False, "fuse attention/LayerNorm/GELU before quantizing (when MODEL is a torch directory)")
     calibration_method: Literal["minmax", "entropy", "percentile"] = option(
         "minmax", "static: minmax, entropy or percentile activation ranges")
+    activations: Literal["uint8", "int8"] = option(
+        "uint8", "static: activation type; ONNX Runtime's x86 kernels fuse uint8 activations with int8 weights but "
+                 "run int8 ones as dequantize + fp32 MatMul (slower than fp32); int8 suits ARM and other providers")
     calibration_split: str = option("train", "split of --data sampled (each language in its share) to calibrate "
                                              "static int8 and rank nodes for --keep-fp32")
     calibration_size: int = option(128, "examples used to calibrate static int8 and rank nodes for --keep-fp32")

@@ -135,7 +135,8 @@ def quantize_static(fp32: Path, out: Path, config: QuantizeConfig, batches: list
     path = out / export.ONNX_FILE
     ort_quantize_static(_load(fp32), str(path), Reader(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=op_types(config), per_channel=config.per_channel,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QUInt8 if config.activations == "uint8" else QuantType.QInt8,
+                        weight_type=QuantType.QInt8,
                         nodes_to_exclude=exclude, use_external_data_format=_large(fp32),
                         calibrate_method=method,
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
