@@ -90,13 +90,13 @@ def quality(workdir: Path, teacher: Path, data_path: str, calibration_size: int,
     data = load_data(DataConfig(data_path, max_per_split=per_split))
     ort_fp32 = build(workdir / "teacher-ort-fp32", lambda out: export(teacher, out))
     variants = [teacher, ort_fp32]
-    for mode in ("dynamic", "static"):
-        for kept in (0, keep):
-            config = QuantizeConfig(mode=mode, calibration_size=calibration_size, calibration_method=method,
-                                    keep_fp32=kept, eval_split=None)
-            name = (f"teacher-int8-{mode}" + ("" if mode == "dynamic" else f"-{method}")
-                    + (f"-keep{kept}" if kept else ""))
-            variants.append(build(workdir / name, lambda out, c=config: quantize(ort_fp32, out, c, data)))
+    for mode, activations, kept in (("dynamic", "uint8", 0), ("dynamic", "uint8", keep), ("static", "uint8", 0),
+                                    ("static", "uint8", keep), ("static", "int8", 0)):
+        config = QuantizeConfig(mode=mode, activations=activations, calibration_size=calibration_size,
+                                calibration_method=method, keep_fp32=kept, eval_split=None)
+        name = (f"teacher-int8-{mode}" + ("" if mode == "dynamic" else f"-{method}-{activations}")
+                + (f"-keep{kept}" if kept else ""))
+        variants.append(build(workdir / name, lambda out, c=config: quantize(ort_fp32, out, c, data)))
     config = BenchConfig(batch_sizes=[1], seq_lengths=[128], threads=[2], warmup=2, repeats=10, memory=False,
                          data_lengths=False)
     result = run_bench(variants, config, data)
@@ -108,7 +108,8 @@ def quality(workdir: Path, teacher: Path, data_path: str, calibration_size: int,
     columns = COLUMNS[:3] + ("size_mib", "size_ratio", "p50_ms", result.metric, f"{result.metric}_delta")
     summary = [{k: r.get(k) for k in columns} for r in result.summary()]
     return (f"Teacher `{teacher}` (e5-small fine-tuned on SIB-200), `{data_path}` {result.task_summary}; "
-            f"{calibration_size} train examples sampled across the languages calibrate static int8 ({method}, QDQ) and "
+            f"{calibration_size} train examples sampled across the languages calibrate static int8 ({method}, QDQ, "
+            "activations uint8 or int8: `--activations`) and "
             f"rank the MatMuls by int8 error per token; `-keep{keep}` = the {keep} worst kept in fp32 (`--keep-fp32 "
             f"{keep}`); every int8 variant is per-channel with int8 embeddings; latency at batch 1, 128 tokens, 2 "
             "threads.\n\n"
