@@ -251,18 +251,21 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32, help="load: the micro-batching server's --max-batch")
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="load: the servers' --max-wait-ms")
     ap.add_argument("--port", type=int, default=8087, help="load: loopback port of the batching server (+1: the other)")
+    ap.add_argument("--key", help="RESULTS.md section key (default: inference-STUDY), to keep runs on other models")
     a = ap.parse_args()
     texts = sib_texts(a.data, a.limit)
     if a.study == "sorting":
         body = sorting(a.models[0], texts, a.batch_size, a.repeats, a.threads)
-        update_section("inference-sorting", "Inference: predict with length-sorted batching (SIB-200 test)", body)
+        update_section(a.key or "inference-sorting", "Inference: predict with length-sorted batching (SIB-200 test)",
+                       body)
     elif a.study == "load":
         body = load(a.models[0], texts, a.clients, a.requests, a.rounds, a.max_batch, a.max_wait_ms, a.threads, a.port,
                     a.keep_alive)
-        update_section("inference-load", "Inference: serve under a loopback load (16 clients)", body)
+        update_section(a.key or "inference-load", "Inference: serve under a loopback load (16 clients)", body)
     else:
         body = agreement(a.models, texts, a.batch_size, a.threads)
-        update_section("inference-agreement", "Inference: same answers across directory kinds (SIB-200 test)", body)
+        update_section(a.key or "inference-agreement",
+                       "Inference: same answers across directory kinds (SIB-200 test)", body)
     print(body)
 
 
