@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--train", nargs="*", default=["distilled", "labels-only"],
                     help="students this process trains (run one per process in parallel, then once with none to "
                          "write the table)")
+    ap.add_argument("--key", help="RESULTS.md section key (default: distill-LAYERS), to keep runs with other settings")
     a = ap.parse_args()
     teacher, work = Path(a.teacher), Path(a.work)
     data = load_data(DataConfig(a.data))
@@ -112,12 +113,14 @@ def main() -> None:
     body = (f"Teacher `{teacher}`; students keep {a.student_layers} of its layers (evenly spaced, copied), trained "
             f"{a.epochs:g} epochs on {len(data.splits['train'])} `{a.data}` train examples (seeded subset, frozen "
             f"word embeddings, max length {a.max_length}); distilled with preset `{a.preset}` (T=2 soft targets + "
-            f"labels), or on labels alone. Test split: {len(data.splits['test'])} examples, "
+            f"labels{'' if a.preset == 'fast' else ', plus hidden states'}), or on labels alone. Test split: "
+            f"{len(data.splits['test'])} examples, "
             f"{len(data.languages('test'))} languages"
             + (" (seeded subset, stratified by language)" if a.test_examples else "")
             + f". Latency: CPU, fixed 64-token batches, the three models timed "
             f"round-robin in one run ({a.repeats} rounds).\n\n" + tables(teacher, students, timing, metric))
-    update_section(f"distill-{a.student_layers}", f"Distillation: {a.student_layers}-layer student vs teacher", body)
+    update_section(a.key or f"distill-{a.student_layers}",
+                   f"Distillation: {a.student_layers}-layer student vs teacher ({a.preset})", body)
     print(body)
 
 
