@@ -25,6 +25,7 @@ from xlmr_compress import (
     read_lineage,
     run_bench,
 )
+from xlmr_compress.distillation import PRESETS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 LABELS_ONLY = ["soft=0", "hidden=0", "attention=0", "relations=0", "embedding=0", "hard=1"]
@@ -112,8 +113,8 @@ def main() -> None:
     metric = "macro_f1"
     body = (f"Teacher `{teacher}`; students keep {a.student_layers} of its layers (evenly spaced, copied), trained "
             f"{a.epochs:g} epochs on {len(data.splits['train'])} `{a.data}` train examples (seeded subset, frozen "
-            f"word embeddings, max length {a.max_length}); distilled with preset `{a.preset}` (T=2 soft targets + "
-            f"labels{'' if a.preset == 'fast' else ', plus hidden states'}), or on labels alone. Test split: "
+            f"word embeddings, max length {a.max_length}); distilled with preset `{a.preset}` (losses: "
+            f"{', '.join(PRESETS[a.preset].active())}; T=2), or on labels alone. Test split: "
             f"{len(data.splits['test'])} examples, "
             f"{len(data.languages('test'))} languages"
             + (" (seeded subset, stratified by language)" if a.test_examples else "")

@@ -145,17 +145,17 @@ def weight_matmuls_left_in_fp32(model_dir: Path, tmp_path: Path) -> int:
 
 def test_static_int8_activations_are_uint8_so_onnxruntime_fuses_them(tmp_path: Path, sib) -> None:
     src = sib_model(tmp_path, sib.label_names)
-    graphs = {}
+    types, fp32_matmuls = {}, {}
     for activations in ("uint8", "int8"):
         config = QuantizeConfig(mode="static", activations=activations, calibration_size=16, batch_size=16,
                                 eval_split=None)
         out = quantize(src, tmp_path / activations, config, sib)
         graph = onnx.load(str(out / "model.onnx")).graph
         zero_points = {t.name: t.data_type for t in graph.initializer}
-        graphs[activations] = {zero_points[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"}
-        graphs[activations + " fp32 matmuls"] = weight_matmuls_left_in_fp32(out, tmp_path / activations)
-    assert graphs["uint8"] == {onnx.TensorProto.UINT8} and graphs["int8"] == {onnx.TensorProto.INT8}
-    assert graphs["uint8 fp32 matmuls"] == 0  # every weight MatMul became an integer kernel
+        types[activations] = {zero_points[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"}
+        fp32_matmuls[activations] = weight_matmuls_left_in_fp32(out, tmp_path / activations)
+    assert types == {"uint8": {onnx.TensorProto.UINT8}, "int8": {onnx.TensorProto.INT8}}
+    assert fp32_matmuls["uint8"] == 0  # every weight MatMul became an integer kernel
 
 
 def test_accuracy_drop_warns_with_nodes_to_keep(tmp_path: Path, sib) -> None:
