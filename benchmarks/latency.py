@@ -49,6 +49,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("models", nargs="+", help="model directories (torch or ONNX); the first is the baseline")
     ap.add_argument("--out", default="runs/latency", help="directory for the CSV and JSON tables")
+    ap.add_argument("--key", default="latency", help="RESULTS.md section key, to keep runs on other devices apart")
+    ap.add_argument("--title", default="Latency, throughput and memory by shape", help="RESULTS.md section title")
     add_bench_flags(ap, batch_sizes=[1, 8, 32], seq_lengths=[32, 128, 512])
     a = ap.parse_args()
     load = os.getloadavg()
@@ -59,7 +61,7 @@ def main() -> None:
             "run are what count.\n\n" + result.markdown())
     print(body)
     if not a.quick:
-        update_section("latency", "Latency, throughput and memory by shape", body)
+        update_section(a.key, a.title, body)
 
 
 if __name__ == "__main__":

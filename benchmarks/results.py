@@ -37,7 +37,7 @@ def machine() -> str:
     desc = (f"{cpu} ({' '.join(flags) or 'no AVX2'}), {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
     if torch.cuda.is_available():
-        desc += f", GPU {torch.cuda.get_device_name()}"
+        desc += f", GPU {torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
     return desc
 
 
