@@ -30,6 +30,8 @@ from xlmr_compress.distillation import PRESETS
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 LABELS_ONLY = ["soft=0", "hidden=0", "attention=0", "relations=0", "embedding=0", "hard=1"]
 
+SELECTIONS = {"even": "evenly spaced", "first": "the bottom ones"}
+
 
 def train_students(teacher: Path, data: TaskData, work: Path, a: argparse.Namespace) -> dict[str, Path]:
     """The distilled student and the same student trained on labels alone (each skipped when already written)."""
@@ -37,7 +39,8 @@ def train_students(teacher: Path, data: TaskData, work: Path, a: argparse.Namesp
                   max_length=a.max_length, freeze_embeddings=True, seed=0, logging_steps=50, resume=True,
                   preset=a.preset)
     students = {}
-    for name, extra in (("distilled", {"cache_teacher": a.preset == "fast"}), ("labels-only", {"losses": LABELS_ONLY})):
+    distilled = {"cache_teacher": a.preset == "fast", "augment": a.augment, "layer_selection": a.layer_selection}
+    for name, extra in (("distilled", distilled), ("labels-only", {"losses": LABELS_ONLY})):
         out = work / f"student-{a.student_layers}l-{name}"
         if not out.is_dir() and name in a.train:
             distill(teacher, out, DistillConfig(**common, **extra), data)
@@ -94,6 +97,10 @@ def main() -> None:
     ap.add_argument("--train", nargs="*", default=["distilled", "labels-only"],
                     help="students this process trains (run one per process in parallel, then once with none to "
                          "write the table)")
+    ap.add_argument("--layer-selection", choices=list(SELECTIONS), default="even",
+                    help="which teacher layers the distilled student keeps (DistillConfig.layer_selection)")
+    ap.add_argument("--augment", type=int, default=0,
+                    help="noisy copies of each train text for the distilled student (DistillConfig.augment)")
     ap.add_argument("--key", help="RESULTS.md section key (default: distill-LAYERS), to keep runs with other settings")
     a = ap.parse_args()
     teacher, work = Path(a.teacher), Path(a.work)
@@ -111,17 +118,22 @@ def main() -> None:
     timing = run_bench([teacher, *students.values()], BenchConfig(batch_sizes=[1, 8], seq_lengths=[64],
                                                                   data_lengths=False, memory=False, repeats=a.repeats))
     metric = "macro_f1"
-    body = (f"Teacher `{teacher}`; students keep {a.student_layers} of its layers (evenly spaced, copied), trained "
+    body = (f"Teacher `{teacher}`; students keep {a.student_layers} of its layers (the distilled one: "
+            f"{SELECTIONS[a.layer_selection]}; labels-only: evenly spaced; copied), trained "
             f"{a.epochs:g} epochs on {len(data.splits['train'])} `{a.data}` train examples (seeded subset, frozen "
             f"word embeddings, max length {a.max_length}); distilled with preset `{a.preset}` (losses: "
-            f"{', '.join(PRESETS[a.preset].active())}; T=2), or on labels alone. Test split: "
+            f"{', '.join(PRESETS[a.preset].active())}; T=2)"
+            + (f" with {a.augment} noisy copies of each train text that the teacher labels" if a.augment else "")
+            + ", or on labels alone. Test split: "
             f"{len(data.splits['test'])} examples, "
             f"{len(data.languages('test'))} languages"
             + (" (seeded subset, stratified by language)" if a.test_examples else "")
             + f". Latency: CPU, fixed 64-token batches, the three models timed "
             f"round-robin in one run ({a.repeats} rounds).\n\n" + tables(teacher, students, timing, metric))
     update_section(a.key or f"distill-{a.student_layers}",
-                   f"Distillation: {a.student_layers}-layer student vs teacher ({a.preset})", body)
+                   f"Distillation: {a.student_layers}-layer student vs teacher ({a.preset}"
+                   + (f", {a.augment} augmented copies" if a.augment else "")
+                   + (f", {SELECTIONS[a.layer_selection]}" if a.layer_selection != "even" else "") + ")", body)
     print(body)
 
 

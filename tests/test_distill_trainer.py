@@ -15,8 +15,9 @@ from safetensors.torch import load_file
 from conftest import write_toy_data
 from xlmr_compress import cli, directory, tiny
 from xlmr_compress.directory import read_lineage
-from xlmr_compress.data import load_data
+from xlmr_compress.data import encode, load_data
 from xlmr_compress.distillation import DistillConfig, distill
+from xlmr_compress.distillation.augment import augment
 from xlmr_compress.distillation.losses import loss_weights
 from xlmr_compress.distillation.trainer import DistillTrainer, encode_unlabeled
 from xlmr_compress.errors import UserError
@@ -125,6 +126,32 @@ def test_unlabeled_text_gets_ignored_labels_and_trains(toy_teacher, tmp_path: Pa
     out = distill(teacher, tmp_path / "student",
                   DistillConfig(student_layers=1, unlabeled=str(texts), preset="fast", **TINY_RUN), str(data))
     assert read_lineage(out)["stages"][-1]["options"]["unlabeled"] == str(texts)
+
+
+def test_augmented_copies_are_noisy_unlabelled_and_seeded(toy_teacher, tmp_path: Path):
+    teacher, data = toy_teacher
+    tokenizer = tiny.tiny_tokenizer()
+    features = encode(load_data(str(data)), "train", tokenizer, max_length=32)
+    copies = augment(features, copies=3, max_length=12, seed=1)
+    assert len(copies) == 3 * len(features) and copies.features == features.features
+    assert set(copies["labels"][:]) == {-100}
+    originals = {tuple(ids) for ids in features["input_ids"][:]}
+    rows = copies["input_ids"][:]
+    assert all(r[0] == tokenizer.cls_token_id and r[-1] == tokenizer.sep_token_id and 3 <= len(r) <= 12 for r in rows)
+    assert copies["length"][:] == [len(r) for r in rows] and all(set(m) == {1} for m in copies["attention_mask"][:])
+    assert sum(tuple(r) not in originals for r in rows) > len(rows) // 2
+    assert augment(features, 3, 12, seed=1)["input_ids"][:] == rows != augment(features, 3, 12, seed=2)["input_ids"][:]
+    ner = write_ner(tmp_path / "ner")
+    tokens = encode(load_data(str(ner)), "train", tokenizer, max_length=32)
+    noisy = augment(tokens, copies=1, max_length=32)
+    columns = (noisy[name][:] for name in ("labels", "input_ids", "word_ids"))
+    assert all(set(labels) == {-100} and len(labels) == len(ids) == len(words)
+               for labels, ids, words in zip(*columns, strict=True))
+    out = distill(teacher, tmp_path / "student",
+                  DistillConfig(student_layers=1, augment=2, preset="fast", cache_teacher=True, **TINY_RUN), str(data))
+    assert read_lineage(out)["stages"][-1]["options"]["augment"] == 2
+    with pytest.raises(UserError, match="--augment -1 is negative"):
+        distill(teacher, tmp_path / "bad", DistillConfig(student_layers=1, augment=-1), str(data))
 
 
 def test_bad_choice_or_no_data_is_refused_before_any_work(toy_teacher, tmp_path: Path):

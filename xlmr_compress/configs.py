@@ -72,6 +72,9 @@ class DistillConfig(FinetuneConfig):
     temperature: float | None = option(None, "softmax temperature of the soft targets (default: the preset's, 2)")
     unlabeled: str | None = option(None, "text file, one text a line in any language, that the teacher labels for "
                                          "the student")
+    augment: int = option(0, "noisy copies of each train text (pieces dropped, replaced and spliced with another "
+                             "text's) that the teacher labels: more to imitate on a small train set; each copy adds "
+                             "an epoch's worth of steps")
     cache_teacher: bool = option(False, "compute the teacher's outputs once into OUT.checkpoints and reuse them every "
                                         "epoch (output losses only)")
 
@@ -80,6 +83,8 @@ class DistillConfig(FinetuneConfig):
         from .distillation.losses import loss_weights
 
         weights = loss_weights(self.preset, self.losses, self.temperature)
+        if self.augment < 0:
+            raise UserError(f"--augment {self.augment} is negative: give the number of noisy copies per text (0: none)")
         if self.cache_teacher and not weights.logits_only():
             raise UserError(f"--cache-teacher keeps the teacher's outputs only, but the losses {weights.active()} need "
                             "its hidden states: use --preset fast (or --losses hidden=0 ...) or drop --cache-teacher")

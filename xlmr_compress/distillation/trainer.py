@@ -31,6 +31,7 @@ from ..train import (
     training_arguments,
 )
 from . import losses
+from .augment import augment
 from .losses import LossWeights
 from .student import StudentShape, build_student, check_student, select_layers
 
@@ -51,6 +52,9 @@ def distill(src: str | Path, out: str | Path, config: DistillConfig | None = Non
     if "train" not in task_data.splits:
         raise UserError("the data has no train split: give a directory with a train file")
     directory.check_output(out, config.overwrite)
+    if config.augment and task_data.task == "question-answering":
+        raise UserError("--augment noises plain texts, and a question and its context would lose their answer: use "
+                        "it for sequence or token classification")
     unlabeled = read_unlabeled(config.unlabeled, task_data) if config.unlabeled else None
     teacher_model, tokenizer = load_teacher(src, task_data)
     student, layers = make_student(teacher_model, tokenizer, config)
@@ -64,6 +68,8 @@ def distill(src: str | Path, out: str | Path, config: DistillConfig | None = Non
 
     labels = directory.label_names_of(teacher_model.config, task_data.task) or None
     train = encode(task_data, "train", tokenizer, config.max_length, config.stride, label_names=labels)
+    if config.augment:
+        train = datasets.concatenate_datasets([train, augment(train, config.augment, config.max_length, config.seed)])
     if unlabeled is not None:
         train = datasets.concatenate_datasets(
             [train, encode_unlabeled(unlabeled, task_data.task, tokenizer, config, labels)])
