@@ -111,6 +111,15 @@ def test_compress_chooses_resumes_and_reports(tmp_path, toy_data, toy_teacher, c
     rerun = json.loads((out / "results.json").read_text())
     assert rerun["chosen"] == by_the_rule(rerun)
     assert again == best
+    # an edited recipe makes the edited candidate again, and what was made from it, instead of reusing them
+    write_recipe(recipe, [1], [{"stage": "torch"}, {"stage": "quantize", "mode": "dynamic"}], learning_rate=5e-4)
+    xc.compress(toy_teacher, out, config, toy_data)
+    log = capsys.readouterr().out
+    assert "distill-student_layers1: the recipe changed learning_rate since it was made" in log
+    assert "running distill" in log and "running quantize" in log
+    student = out / "candidates" / "distill-student_layers1"
+    assert xc.read_lineage(student)["stages"][-1]["options"]["learning_rate"] == 5e-4
+    assert not (out / "candidates" / "distill-student_layers1+export-optimizefalse").exists()
 
 
 def test_an_unreachable_budget_exits_nonzero_with_a_report(tmp_path, toy_data, toy_teacher, capsys):

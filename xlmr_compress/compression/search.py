@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from .. import data as data_mod
+from ..directory import read_lineage
 from ..errors import UserError
 from ..metrics import MAIN_METRIC
 from ..runtime import evaluate
@@ -45,6 +47,14 @@ class Progress:
 
 TRAINING = ("finetune", "distill", "prune")
 FINISH = 0.5  # timing every model and scoring the test split, in training runs
+
+
+def changed_options(model_dir: Path, options: dict[str, Any]) -> list[str]:
+    """The options that a finished candidate was made with other than `options` (the recipe was edited since)."""
+    stages = read_lineage(model_dir)["stages"]
+    recorded = stages[-1].get("options", {}) if stages else {}
+    return [key for key, value in options.items()
+            if key in recorded and recorded[key] != json.loads(json.dumps(value, default=str))]
 
 
 def cost(stage: str, options: dict[str, Any] | None) -> float:
@@ -79,6 +89,11 @@ class Search:
         """The candidate directory `name`, made by `stage` from `src` unless a previous run finished it."""
         out = self.candidates / name
         units = cost(stage, options)
+        changed = changed_options(out, options) if out.is_dir() else []
+        if changed:
+            self.progress.log(f"{name}: the recipe changed {', '.join(changed)} since it was made: making it again, "
+                              "and the candidates made from it")
+            self._forget(name)
         if out.is_dir():
             self.progress.skip(units)  # no time spent: left out of the time per unit
             self.progress.log(f"{name}: reusing the finished candidate")
@@ -178,6 +193,14 @@ class Search:
                 self.path.append({"stage": spec["stage"], "candidate": cname, "choice": "failed", "error": str(e)})
                 self.progress.log(f"{cname}: left out of the timing, {spec['stage']} refused it: {e}")
         return built
+
+    def _forget(self, name: str) -> None:
+        """Delete candidate `name` and every candidate made from it, with their cached validation scores."""
+        for path in self.candidates.iterdir():
+            if path.name == name or path.name.startswith(name + "+"):
+                shutil.rmtree(path)
+                self.state["validation"].pop(path.name, None)
+        self._save_state()
 
     def _save_state(self) -> None:
         tmp = self.state_file.with_suffix(".tmp")
