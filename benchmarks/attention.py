@@ -237,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     forward = attention_table([r for r in rows if not r["case"].backward])
     backward = attention_table([r for r in rows if r["case"].backward])
     e2e = "\n".join(bench_encoder(device, dtype, encoder, shapes))
-    import triton
-
-    body = (f"Triton {triton.__version__}, CUDA {torch.version.cuda}. "
+    body = (f"Triton {fa.triton.__version__}, CUDA {torch.version.cuda}. "
             f"Attention alone, {dtype} (head size {cases[0].head_dim}), effective TFLOP/s on real tokens "
             "(see the script's docstring), forward:\n\n" + forward + "\n\nForward + backward:\n\n" + backward +
             "".join(f"\n\nn/a for {name}: {why}" for name, why in refused.items()) +

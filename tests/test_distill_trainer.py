@@ -152,6 +152,9 @@ def test_augmented_copies_are_noisy_unlabelled_and_seeded(toy_teacher, tmp_path:
     assert read_lineage(out)["stages"][-1]["options"]["augment"] == 2
     with pytest.raises(UserError, match="--augment -1 is negative"):
         distill(teacher, tmp_path / "bad", DistillConfig(student_layers=1, augment=-1), str(data))
+    with pytest.raises(UserError, match="--augment noises plain texts"):
+        distill(teacher, tmp_path / "bad", DistillConfig(student_layers=1, augment=1), str(write_qa(tmp_path / "qa")))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bad_choice_or_no_data_is_refused_before_any_work(toy_teacher, tmp_path: Path):

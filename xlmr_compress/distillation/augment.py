@@ -31,9 +31,15 @@ def noisy_pieces(body: np.ndarray, other: np.ndarray, pool: np.ndarray, rng: np.
     return kept if len(kept) else body[:1]
 
 
+def ignored_labels(input_ids: list[list[int]], token_level: bool) -> list:
+    """Labels that every loss on gold labels skips (-100), per text or per token, for text only the teacher labels."""
+    return [[-100] * len(ids) for ids in input_ids] if token_level else [-100] * len(input_ids)
+
+
 def augment(features: datasets.Dataset, copies: int, max_length: int, seed: int = 0) -> datasets.Dataset:
     """`copies` noisy copies of every feature row (classification or NER features from `data.encode`), labels -100."""
-    ids = [np.asarray(row, dtype=np.int64) for row in features["input_ids"][:]]
+    columns = features.to_dict()
+    ids = [np.asarray(row, dtype=np.int64) for row in columns["input_ids"]]
     bodies = [row[1:-1] for row in ids]
     pool = np.concatenate([b for b in bodies if len(b)] or [np.zeros(1, np.int64)])
     rng = np.random.default_rng(seed)
@@ -43,8 +49,6 @@ def augment(features: datasets.Dataset, copies: int, max_length: int, seed: int 
             body = noisy_pieces(bodies[i], bodies[rng.integers(len(bodies))], pool, rng)[:max_length - 2]
             sources.append(i)
             rows.append([int(row[0]), *body.tolist(), int(row[-1])])
-    token_level = isinstance(features.features["labels"], datasets.Sequence)
-    columns = features.to_dict()
     new = {}
     for name, values in columns.items():
         if name == "input_ids":
@@ -52,7 +56,7 @@ def augment(features: datasets.Dataset, copies: int, max_length: int, seed: int 
         elif name == "attention_mask":
             new[name] = [[1] * len(r) for r in rows]
         elif name == "labels":
-            new[name] = [[-100] * len(r) for r in rows] if token_level else [-100] * len(rows)
+            new[name] = ignored_labels(rows, token_level=isinstance(features.features[name], datasets.Sequence))
         elif name == "length":
             new[name] = [len(r) for r in rows]
         elif name == "word_ids":

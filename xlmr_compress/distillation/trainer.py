@@ -31,7 +31,7 @@ from ..train import (
     training_arguments,
 )
 from . import losses
-from .augment import augment
+from .augment import augment, ignored_labels
 from .losses import LossWeights
 from .student import StudentShape, build_student, check_student, select_layers
 
@@ -270,7 +270,7 @@ def encode_unlabeled(texts: list[str], task: str, tokenizer: Any, config: Distil
     rows["language"] = [UNKNOWN_LANGUAGE] * len(texts)
     data = TaskData(task, labels, datasets.DatasetDict({"unlabeled": datasets.Dataset.from_dict(rows)}))
     features = encode(data, "unlabeled", tokenizer, config.max_length, config.stride)
-    ignored = [-100 if task == "sequence-classification" else [-100] * len(ids) for ids in features["input_ids"]]
+    ignored = ignored_labels(features["input_ids"][:], token_level=task != "sequence-classification")
     return features.remove_columns("labels").add_column("labels", ignored).cast(features.features)
 
 
