@@ -13,8 +13,11 @@ import json
 import time
 from pathlib import Path
 
+import yaml
+
 import xlmr_compress as xc
 from benchmarks.results import update_section
+from xlmr_compress.compression.recipe import default_text
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -58,6 +61,16 @@ def summary(out: Path, seconds: float, max_drop: float, min_share: float, resume
     return "\n".join(lines)
 
 
+def with_unlabeled(recipe: str | None, unlabeled: str, out: Path) -> str:
+    """A copy of the recipe whose distill settings add a file of unlabelled text, written beside OUT."""
+    raw = yaml.safe_load(Path(recipe).read_text(encoding="utf-8") if recipe else default_text())
+    raw["distill"].setdefault("settings", {})["unlabeled"] = str(Path(unlabeled).resolve())
+    path = out.parent / f"{out.name}.recipe.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return str(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", required=True, help="fine-tuned teacher directory (benchmarks/teacher.py)")
@@ -69,11 +82,14 @@ def main() -> None:
     ap.add_argument("--train-examples", type=int, default=4000, help="seeded training subset (CPU budget)")
     ap.add_argument("--recipe", help="recipe YAML (default: the shipped one)")
     ap.add_argument("--languages", nargs="+", help="keep only these languages (default: all)")
+    ap.add_argument("--unlabeled", help="text the teacher labels for the students, added to the recipe's distill "
+                                        "settings (benchmarks/unlabeled.py writes one)")
     ap.add_argument("--key", default="compress-sib200", help="RESULTS.md section key")
     a = ap.parse_args()
     resumed = (Path(a.out) / "candidates").is_dir()
     start = time.perf_counter()
-    config = xc.CompressConfig(max_drop=a.max_drop, min_language_share=a.min_language_share, recipe=a.recipe,
+    recipe = with_unlabeled(a.recipe, a.unlabeled, Path(a.out)) if a.unlabeled else a.recipe
+    config = xc.CompressConfig(max_drop=a.max_drop, min_language_share=a.min_language_share, recipe=recipe,
                                train_examples=a.train_examples)
     xc.compress(a.teacher, a.out, config, xc.DataConfig(a.data, languages=a.languages))
     seconds = time.perf_counter() - start

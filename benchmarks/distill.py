@@ -39,7 +39,8 @@ def train_students(teacher: Path, data: TaskData, work: Path, a: argparse.Namesp
                   max_length=a.max_length, freeze_embeddings=True, seed=0, logging_steps=50, resume=True,
                   preset=a.preset)
     students = {}
-    distilled = {"cache_teacher": a.preset == "fast", "augment": a.augment, "layer_selection": a.layer_selection}
+    distilled = {"cache_teacher": a.preset == "fast", "augment": a.augment, "layer_selection": a.layer_selection,
+                 "unlabeled": a.unlabeled}
     for name, extra in (("distilled", distilled), ("labels-only", {"losses": LABELS_ONLY})):
         out = work / f"student-{a.student_layers}l-{name}"
         if not out.is_dir() and name in a.train:
@@ -101,6 +102,9 @@ def main() -> None:
                     help="which teacher layers the distilled student keeps (DistillConfig.layer_selection)")
     ap.add_argument("--augment", type=int, default=0,
                     help="noisy copies of each train text for the distilled student (DistillConfig.augment)")
+    ap.add_argument("--unlabeled", default=None,
+                    help="text file the teacher labels for the distilled student (DistillConfig.unlabeled; "
+                         "benchmarks/unlabeled.py writes one)")
     ap.add_argument("--key", help="RESULTS.md section key (default: distill-LAYERS), to keep runs with other settings")
     a = ap.parse_args()
     teacher, work = Path(a.teacher), Path(a.work)
@@ -124,6 +128,7 @@ def main() -> None:
             f"word embeddings, max length {a.max_length}); distilled with preset `{a.preset}` (losses: "
             f"{', '.join(PRESETS[a.preset].active())}; T=2)"
             + (f" with {a.augment} noisy copies of each train text that the teacher labels" if a.augment else "")
+            + (f" plus the texts of `{a.unlabeled}` that the teacher labels" if a.unlabeled else "")
             + ", or on labels alone. Test split: "
             f"{len(data.splits['test'])} examples, "
             f"{len(data.languages('test'))} languages"
@@ -133,7 +138,8 @@ def main() -> None:
     update_section(a.key or f"distill-{a.student_layers}",
                    f"Distillation: {a.student_layers}-layer student vs teacher ({a.preset}"
                    + (f", {a.augment} augmented copies" if a.augment else "")
-                   + (f", {SELECTIONS[a.layer_selection]}" if a.layer_selection != "even" else "") + ")", body)
+                   + (f", {SELECTIONS[a.layer_selection]}" if a.layer_selection != "even" else "")
+                   + (", unlabelled text" if a.unlabeled else "") + ")", body)
     print(body)
 
 

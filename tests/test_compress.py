@@ -47,6 +47,7 @@ def test_the_default_recipe_is_valid_and_shipped():
     ("backends: [{stage: onnx}]", "every backend needs stage"),
     ("distill: [", "not valid YAML"),
     ("distill: {candidates: [{cache_teacher: true, preset: balanced}]}", "drop --cache-teacher"),
+    ("distill: {settings: {unlabeled: no-such.txt}, candidates: [{student_layers: 2}]}", "no-such.txt does not exist"),
 ])
 def test_a_bad_recipe_fails_in_one_line_before_any_work(tmp_path, toy_data, tiny_dir, text, message):
     recipe = tmp_path / "recipe.yaml"

@@ -83,6 +83,9 @@ class DistillConfig(FinetuneConfig):
         from .distillation.losses import loss_weights
 
         weights = loss_weights(self.preset, self.losses, self.temperature)
+        if self.unlabeled and not os.path.isfile(os.path.expanduser(self.unlabeled)):
+            raise UserError(f"unlabelled text file {self.unlabeled} does not exist: check the path (a relative one "
+                            "starts from the current directory)")
         if self.augment < 0:
             raise UserError(f"--augment {self.augment} is negative: give the number of noisy copies per text (0: none)")
         if self.cache_teacher and not weights.logits_only():

@@ -252,8 +252,6 @@ def read_unlabeled(path: str | Path, task_data: TaskData) -> list[str]:
         raise UserError("--unlabeled takes plain text, which has no question and context: use it for "
                         "sequence or token classification")
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise UserError(f"unlabelled text file {file} does not exist: check the path")
     texts = [line.strip() for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not texts:
         raise UserError(f"unlabelled text file {file} is empty: give one text a line")
