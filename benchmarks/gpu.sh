@@ -34,5 +34,5 @@ if $PY -c "import sys, benchmarks.models as m; sys.exit(not m.TOKENIZER.is_file(
 else
   echo "== latency: skipped, XLM-R's tokenizer is not at ../shared/tokenizers/xlm-roberta" | tee -a "$OUT/status.txt"
 fi
-step kernel-tests 80 $PY -m pytest -q -p no:cacheprovider tests/test_flash_attention.py
+step kernel-tests 240 $PY -m pytest -q -p no:cacheprovider tests/test_flash_attention.py
 cp benchmarks/RESULTS.md "$OUT/"

@@ -13,6 +13,8 @@ if not torch.cuda.is_available():
     # Triton reads this once, at import, and any test module may import it first: without a GPU, interpret kernels.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# On a GPU, tests check the kernels' answers, not their speed: one tile config each, not minutes of autotuning.
+os.environ.setdefault("XLMR_TRITON_AUTOTUNE", "0")
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TOKENIZER_JSON = SHARED / "tokenizers" / "xlm-roberta" / "tokenizer.json"

@@ -19,6 +19,7 @@ except ImportError:  # the library imports without triton; the kernels then refu
     triton = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+AUTOTUNE = os.environ.get("XLMR_TRITON_AUTOTUNE", "1") != "0"  # 0: the first config only (one compile per shape)
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634
@@ -59,7 +60,8 @@ if triton is not None:
     def _configs(blocks: list[tuple[int, int, int, int]]) -> list:
         if INTERPRET:  # the interpreter runs every config it is given: one small tile, several tiles per test
             return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in blocks]
+        return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                for m, n, w, s in (blocks if AUTOTUNE else blocks[:1])]
 
     FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3),
                             (64, 64, 4, 4), (64, 32, 4, 3)])
