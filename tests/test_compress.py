@@ -10,6 +10,7 @@ import xlmr_compress as xc
 from xlmr_compress.cli import main
 from xlmr_compress.compression import choose
 from xlmr_compress.compression.recipe import load_recipe
+from xlmr_compress.compression.search import Search
 
 FAST = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-3, "max_length": 16, "logging_steps": 1000}
 
@@ -166,6 +167,26 @@ def test_a_language_below_its_floor_falls_back_though_the_overall_drop_fits(tmp_
     assert results["chosen"] == "teacher" and results["min_language_share"] == 0.99
     assert f"weakest language {language} at {share:.1%} (floor 99%): falling back" in capsys.readouterr().out
     assert "every language keeping at least 99% of the teacher's" in (out / "report.md").read_text()
+
+
+def test_a_gain_on_validation_is_not_spent_by_later_stages(tmp_path, toy_data, monkeypatch, capsys):
+    # distillation gains 2 points on validation; trimming then loses 1.5 of them: -0.5 overall is within the budget,
+    # but counted from the gain it costs 1.5, more than the whole budget, so trimming falls back to its null
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("distill: {share: 0.5, candidates: [{student_layers: 1}]}\n"
+                      "trim-vocab: {share: 0.5, candidates: [{min_count: 1}, null]}\n")
+    macro_f1 = {"teacher": 0.80, "distill-student_layers1": 0.82, "distill-student_layers1+trim-vocab-min_count1": 0.805}
+    monkeypatch.setattr(Search, "build", lambda self, stage, src, name, options: tmp_path / name)
+    monkeypatch.setattr(Search, "score", lambda self, name, model_dir: {"overall": {"macro_f1": macro_f1[name]}})
+    search = Search(tmp_path / "out", xc.load_data(xc.DataConfig(str(toy_data))), load_recipe(recipe), max_drop=1.0,
+                    max_length=16)
+    name, _ = search.lossy(tmp_path / "teacher")
+    assert name == "distill-student_layers1" and search.gain == pytest.approx(2.0)
+    trim = search.path[1]
+    assert trim["drop"] == pytest.approx(-0.5) and trim["drop"] <= trim["allowance"] and not trim["kept"]
+    assert "validation drop -0.50 points (+1.50 counted from the gain before it), allowance 1.00" in \
+        capsys.readouterr().out
+    assert search.path[2]["choice"] == "skipped"
 
 
 KILL_AT_FIRST_RECOVERY_CHECKPOINT = """

@@ -1,7 +1,9 @@
 """The accuracy-aware search: lossy stages with fallbacks on the validation split, then every backend timed here.
 
 Each lossy stage may spend its share of the budget (shares not spent carry over): its candidates are tried from the
-most compression to the least, and the first within the running allowance is kept. Every candidate is a finished
+most compression to the least, and the first within the running allowance is kept. A stage that gains on validation
+does not lend its gain to the stages after it: their cost is counted from the gain, since a gain on a few thousand
+examples is mostly the validation split's noise. Every candidate is a finished
 model directory under OUT/candidates, named by the chain of settings that made it, so a rerun reuses it; validation
 scores are kept in OUT/state.json. The stages never see the test split.
 """
@@ -77,6 +79,7 @@ class Search:
                  min_share: float = 0.0) -> None:
         self.out, self.data, self.recipe = out, data, recipe
         self.max_drop, self.max_length, self.min_share = max_drop, max_length, min_share
+        self.gain = 0.0  # the largest validation gain of a kept model, which later candidates may not spend
         self.metric = MAIN_METRIC[data.task]
         self.candidates = out / "candidates"
         self.state_file = out / "state.json"
@@ -149,16 +152,18 @@ class Search:
                 built = self.build(step.stage, current, cname, {**step.settings, **options})
                 result = self.score(cname, built)
                 drop, weakest = self.drop(base, result), self.weakest(base, result)
-                kept = drop <= allowance and self.languages_hold(weakest)
+                kept = drop + self.gain <= allowance and self.languages_hold(weakest)
                 self.path.append({"stage": step.stage, "candidate": cname, "options": options, "drop": drop,
-                                  "allowance": allowance, "weakest_language": weakest, "min_share": self.min_share,
-                                  "kept": kept})
-                self.progress.log(f"{cname}: validation drop {drop:+.2f} points, allowance {allowance:.2f}"
+                                  "allowance": allowance, "gain_not_spent": self.gain, "weakest_language": weakest,
+                                  "min_share": self.min_share, "kept": kept})
+                self.progress.log(f"{cname}: validation drop {drop:+.2f} points"
+                                  + (f" ({drop + self.gain:+.2f} counted from the gain before it)" if self.gain else "")
+                                  + f", allowance {allowance:.2f}"
                                   + (f", weakest language {weakest[0]} at {weakest[1]:.1%}" if weakest else "")
                                   + (f" (floor {self.min_share:.0%})" if self.min_share else "")
                                   + (": kept" if kept else ": falling back"))
                 if kept:
-                    name, current = cname, built
+                    name, current, self.gain = cname, built, max(self.gain, -drop)
                     self.progress.skip(self._planned(step.candidates[i + 1:], step))
                     break
                 tried.append((drop, cname, built))
