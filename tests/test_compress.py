@@ -175,7 +175,8 @@ def test_a_gain_on_validation_is_not_spent_by_later_stages(tmp_path, toy_data, m
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("distill: {share: 0.5, candidates: [{student_layers: 1}]}\n"
                       "trim-vocab: {share: 0.5, candidates: [{min_count: 1}, null]}\n")
-    macro_f1 = {"teacher": 0.80, "distill-student_layers1": 0.82, "distill-student_layers1+trim-vocab-min_count1": 0.805}
+    macro_f1 = {"teacher": 0.80, "distill-student_layers1": 0.82,
+                "distill-student_layers1+trim-vocab-min_count1": 0.805}
     monkeypatch.setattr(Search, "build", lambda self, stage, src, name, options: tmp_path / name)
     monkeypatch.setattr(Search, "score", lambda self, name, model_dir: {"overall": {"macro_f1": macro_f1[name]}})
     search = Search(tmp_path / "out", xc.load_data(xc.DataConfig(str(toy_data))), load_recipe(recipe), max_drop=1.0,

@@ -27,8 +27,7 @@ def compute_metrics(task: str, predictions: Sequence, references: Sequence, lang
     if task == "token-classification" and label_names is not None:
         predictions, references = ([[t if isinstance(t, str) else label_names[t] for t in seq] for seq in seqs]
                                    for seqs in (predictions, references))
-    score = {"sequence-classification": classification_scores, "token-classification": entity_scores,
-             "question-answering": qa_scores}[task]
+    score = SCORES[task]
     groups = defaultdict(list)
     for i, language in enumerate(languages if languages is not None else []):
         groups[language].append(i)
@@ -99,3 +98,7 @@ def qa_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -
           for p, golds in zip(predictions, references, strict=False)]
     return {"exact_match": float(np.mean(exact)) if exact else 0.0, "f1": float(np.mean(f1)) if f1 else 0.0,
             "examples": len(references)}
+
+
+SCORES = {"sequence-classification": classification_scores, "token-classification": entity_scores,
+          "question-answering": qa_scores}  # each task's scorer of one group of examples

@@ -119,17 +119,23 @@ def evaluate(
     features: Any = None,
 ) -> dict:
     """Task metrics of a model on one split, overall and per language (`features`: that split already encoded)."""
-    predictor = model if isinstance(model, Predictor) else Predictor.load(model, device=device)
     task_data = data if isinstance(data, data_mod.TaskData) else data_mod.load_data(data)
+    predictions = predictions_of(model, task_data, split, batch_size, max_length, stride, device, features)
+    result = metrics.compute_metrics(task_data.task, predictions, data_mod.references_of(task_data, split),
+                                     task_data.splits[split]["language"][:], task_data.label_names)
+    result["split"], result["examples"] = split, len(task_data.splits[split])
+    return result
+
+
+def predictions_of(model: str | Path | Predictor, task_data: data_mod.TaskData, split: str = "test",
+                   batch_size: int = 64, max_length: int = 128, stride: int = 32, device: str = "cpu",
+                   features: Any = None) -> list:
+    """A model's prediction per example of one split: class index, tags per word (NER) or answer text (QA)."""
+    predictor = model if isinstance(model, Predictor) else Predictor.load(model, device=device)
     if task_data.task != predictor.task:
         raise UserError(f"the data is for {task_data.task} but the model has a {predictor.task} head: "
                         "evaluate on data of the model's task")
     labels = predictor.label_names or None
     if features is None:
         features = data_mod.encode(task_data, split, predictor.tokenizer, max_length, stride, label_names=labels)
-    outputs = predict(predictor, features, batch_size)
-    predictions = data_mod.decode(task_data, split, features, outputs, label_names=labels)
-    result = metrics.compute_metrics(task_data.task, predictions, data_mod.references_of(task_data, split),
-                                     task_data.splits[split]["language"][:], task_data.label_names)
-    result["split"], result["examples"] = split, len(task_data.splits[split])
-    return result
+    return data_mod.decode(task_data, split, features, predict(predictor, features, batch_size), label_names=labels)
