@@ -1,0 +1,81 @@
+"""How much of a per-language bar is the test split's noise: a paired bootstrap of the share of the teacher's metric
+that a model keeps in each language, and the same count for a model exactly as good as the teacher.
+
+    python -m benchmarks.noise --teacher runs/teacher-sib200 --model runs/compress-sib200/best \
+        --data ../shared/data/sib200 --key noise-sib200
+
+Per language, the test examples are drawn again with replacement, the same draw for both models (`--rounds` times):
+the share's 90% interval and how often it falls below the floor. The null model answers each example with this
+model's or the teacher's prediction, a coin flip each: it is as good as the teacher on average and disagrees with it
+where this model does. How many languages it leaves below the floor is what the bar costs by chance alone.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.results import update_section
+from xlmr_compress import DataConfig, load_data
+from xlmr_compress.data import references_of
+from xlmr_compress.metrics import MAIN_METRIC, SCORES
+from xlmr_compress.runtime import predictions_of
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def share(score, metric: str, model: list, teacher: list, gold: list) -> float:
+    """The model's metric over the teacher's on one group of examples (1 where the teacher scores 0)."""
+    base = score(teacher, gold)[metric]
+    return score(model, gold)[metric] / base if base > 0 else 1.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--teacher", required=True, help="the teacher's model directory")
+    ap.add_argument("--model", required=True, help="the compressed model's directory (compress writes OUT/best)")
+    ap.add_argument("--data", default=str(SHARED / "data" / "sib200"), help="task data with a test split")
+    ap.add_argument("--languages", nargs="+", help="keep only these languages (default: all)")
+    ap.add_argument("--floor", type=float, default=0.95, help="the per-language bar, a share of the teacher's metric")
+    ap.add_argument("--rounds", type=int, default=1000, help="bootstrap draws and null-model flips")
+    ap.add_argument("--key", default="noise-sib200", help="RESULTS.md section key")
+    a = ap.parse_args()
+    data = load_data(DataConfig(a.data, languages=a.languages))
+    metric, score = MAIN_METRIC[data.task], SCORES[data.task]
+    gold, languages = references_of(data, "test"), data.splits["test"]["language"][:]
+    teacher, model = (predictions_of(m, data, "test") for m in (a.teacher, a.model))
+    rng = np.random.default_rng(0)
+    rows, null_below = [], np.zeros(a.rounds, dtype=int)
+    for lang in sorted(set(languages)):
+        idx = [i for i, g in enumerate(languages) if g == lang]
+        t, m, g = ([x[i] for i in idx] for x in (teacher, model, gold))
+        draws = rng.integers(0, len(idx), size=(a.rounds, len(idx)))
+        boot = np.array([share(score, metric, [m[i] for i in d], [t[i] for i in d], [g[i] for i in d])
+                         for d in draws])
+        flips = rng.random((a.rounds, len(idx))) < 0.5
+        null = np.array([share(score, metric, [m[i] if f[i] else t[i] for i in range(len(idx))],
+                               [t[i] if f[i] else m[i] for i in range(len(idx))], g) for f in flips])
+        null_below += null < a.floor
+        rows.append((lang, len(idx), share(score, metric, m, t, g), *np.quantile(boot, [0.05, 0.95]),
+                     float(np.mean(boot < a.floor)), float(np.mean(null < a.floor)),
+                     sum(x != y for x, y in zip(m, t, strict=True)) / len(idx)))
+    lines = [f"| language | examples | share of the teacher's {metric} | 90% interval | P(share < {a.floor:.0%}) | "
+             f"null model: P(share < {a.floor:.0%}) | disagreement with the teacher |", "|---|" + "---|" * 6]
+    lines += [f"| {lang} | {n} | {s:.1%} | {lo:.1%} – {hi:.1%} | {p:.2f} | {q:.2f} | {d:.1%} |"
+              for lang, n, s, lo, hi, p, q, d in rows]
+    below = sum(r[2] < a.floor for r in rows)
+    lo, hi = np.quantile(null_below, [0.05, 0.95])
+    body = (f"Teacher `{a.teacher}`, model `{a.model}`, `{a.data}` test split ({len(gold)} examples, {len(rows)} "
+            f"languages), {a.rounds} paired bootstrap draws per language (seeded).\n\n"
+            f"- Languages below {a.floor:.0%} of the teacher on the real split: **{below} of {len(rows)}**.\n"
+            f"- A null model as good as the teacher, disagreeing with it where this model does (each example's "
+            f"prediction from either, a coin flip), leaves **{null_below.mean():.1f}** languages below "
+            f"{a.floor:.0%} on average (90% of draws: {lo:.0f} – {hi:.0f}); it clears every language in "
+            f"{np.mean(null_below == 0):.0%} of draws.\n\n" + "\n".join(lines))
+    update_section(a.key, f"Test noise of the per-language bar: {Path(a.data).name}", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
