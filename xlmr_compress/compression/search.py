@@ -3,9 +3,9 @@
 Each lossy stage may spend its share of the budget (shares not spent carry over): its candidates are tried from the
 most compression to the least, and the first within the running allowance is kept. A stage that gains on validation
 does not lend its gain to the stages after it: their cost is counted from the gain, since a gain on a few thousand
-examples is mostly the validation split's noise. Every candidate is a finished
-model directory under OUT/candidates, named by the chain of settings that made it, so a rerun reuses it; validation
-scores are kept in OUT/state.json. The stages never see the test split.
+examples is mostly the validation split's noise. Every candidate is a finished model directory under OUT/candidates,
+named by the chain of settings that made it, so a rerun reuses it; validation scores are kept in OUT/state.json. The
+stages never see the test split.
 """
 from __future__ import annotations
 
