@@ -64,6 +64,8 @@ def summary(out: Path, seconds: float, max_drop: float, min_share: float, resume
 def with_unlabeled(recipe: str | None, unlabeled: str, out: Path) -> str:
     """A copy of the recipe whose distill settings add a file of unlabelled text, written beside OUT."""
     raw = yaml.safe_load(Path(recipe).read_text(encoding="utf-8") if recipe else default_text())
+    if not raw.get("distill"):
+        raise SystemExit(f"--unlabeled: the recipe {recipe or '(default)'} has no distill stage to add it to")
     raw["distill"].setdefault("settings", {})["unlabeled"] = str(Path(unlabeled).resolve())
     path = out.parent / f"{out.name}.recipe.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

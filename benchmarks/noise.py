@@ -31,6 +31,11 @@ def share(score, metric: str, model: list, teacher: list, gold: list) -> float:
     return score(model, gold)[metric] / base if base > 0 else 1.0
 
 
+def mixed(first: list, second: list, pick: np.ndarray) -> list:
+    """Per example, the first list's prediction where pick is true, else the second's."""
+    return [x if p else y for x, y, p in zip(first, second, pick, strict=True)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", required=True, help="the teacher's model directory")
@@ -51,11 +56,9 @@ def main() -> None:
         idx = [i for i, g in enumerate(languages) if g == lang]
         t, m, g = ([x[i] for i in idx] for x in (teacher, model, gold))
         draws = rng.integers(0, len(idx), size=(a.rounds, len(idx)))
-        boot = np.array([share(score, metric, [m[i] for i in d], [t[i] for i in d], [g[i] for i in d])
-                         for d in draws])
+        boot = np.array([share(score, metric, *([x[i] for i in d] for x in (m, t, g))) for d in draws])
         flips = rng.random((a.rounds, len(idx))) < 0.5
-        null = np.array([share(score, metric, [m[i] if f[i] else t[i] for i in range(len(idx))],
-                               [t[i] if f[i] else m[i] for i in range(len(idx))], g) for f in flips])
+        null = np.array([share(score, metric, mixed(m, t, f), mixed(t, m, f), g) for f in flips])
         null_below += null < a.floor
         rows.append((lang, len(idx), share(score, metric, m, t, g), *np.quantile(boot, [0.05, 0.95]),
                      float(np.mean(boot < a.floor)), float(np.mean(null < a.floor)),

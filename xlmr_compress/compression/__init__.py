@@ -57,8 +57,8 @@ def compress(src: str | Path, out: str | Path, config: CompressConfig | None = N
     scored = []
     for cname in candidates:
         drop, weakest = search.drop(base, accuracy[cname]), search.weakest(base, accuracy[cname])
-        scored.append({"name": cname, "drop": drop, **rows[cname], "weakest_language": weakest,
-                       "within": within_budget(drop + search.gain, config.max_drop) and search.languages_hold(weakest)})
+        within = within_budget(search.counted(drop), config.max_drop) and search.languages_hold(weakest)
+        scored.append({"name": cname, "drop": drop, **rows[cname], "weakest_language": weakest, "within": within})
     chosen = choose(scored)
     best = None
     if chosen is not None:

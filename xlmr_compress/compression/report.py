@@ -93,8 +93,8 @@ def markdown(results: dict, table: list[dict], test: dict, metric: str) -> str:
         else:
             weakest = step.get("weakest_language")
             languages = f", weakest language {weakest[0]} at {weakest[1]:.1%}" if weakest else ""
-            gain = step.get("gain_not_spent", 0.0)
-            counted = f" ({step['drop'] + gain:+.2f} counted from the gain before it)" if gain else ""
+            counted = step.get("counted_drop", step["drop"])
+            counted = f" ({counted:+.2f} counted from the gain before it)" if counted != step["drop"] else ""
             lines.append(f"- {step['candidate']}: drop {step['drop']:+.2f} points{counted} against an allowance of "
                          f"{step['allowance']:.2f}{languages}: {'kept' if step['kept'] else 'fell back'}")
     if test:

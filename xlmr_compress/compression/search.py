@@ -132,6 +132,10 @@ class Search:
                   if lang in got and ref[lang][self.metric] > 0}
         return min(shares.items(), key=lambda item: item[1]) if shares else None
 
+    def counted(self, drop: float) -> float:
+        """A candidate's drop counted from the best validation gain kept so far, which it may not spend."""
+        return drop + self.gain
+
     def languages_hold(self, weakest: tuple[str, float] | None) -> bool:
         """Whether every language keeps at least min_share of the teacher's metric."""
         return weakest is None or weakest[1] >= self.min_share - 1e-9
@@ -152,12 +156,13 @@ class Search:
                 built = self.build(step.stage, current, cname, {**step.settings, **options})
                 result = self.score(cname, built)
                 drop, weakest = self.drop(base, result), self.weakest(base, result)
-                kept = drop + self.gain <= allowance and self.languages_hold(weakest)
+                counted = self.counted(drop)
+                kept = counted <= allowance and self.languages_hold(weakest)
                 self.path.append({"stage": step.stage, "candidate": cname, "options": options, "drop": drop,
-                                  "allowance": allowance, "gain_not_spent": self.gain, "weakest_language": weakest,
+                                  "counted_drop": counted, "allowance": allowance, "weakest_language": weakest,
                                   "min_share": self.min_share, "kept": kept})
                 self.progress.log(f"{cname}: validation drop {drop:+.2f} points"
-                                  + (f" ({drop + self.gain:+.2f} counted from the gain before it)" if self.gain else "")
+                                  + (f" ({counted:+.2f} counted from the gain before it)" if self.gain else "")
                                   + f", allowance {allowance:.2f}"
                                   + (f", weakest language {weakest[0]} at {weakest[1]:.1%}" if weakest else "")
                                   + (f" (floor {self.min_share:.0%})" if self.min_share else "")
