@@ -14,11 +14,11 @@ import os
 import shutil
 from pathlib import Path
 
+from benchmarks import SHARED
 from benchmarks.latency import add_bench_flags, bench_config
 from benchmarks.results import update_section
 from xlmr_compress import DataConfig, load_data, run_bench
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 PLOT = Path(__file__).with_name("accuracy_latency.png")
 
 

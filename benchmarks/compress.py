@@ -16,10 +16,9 @@ from pathlib import Path
 import yaml
 
 import xlmr_compress as xc
+from benchmarks import SHARED
 from benchmarks.results import update_section
 from xlmr_compress.compression.recipe import default_text
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def summary(out: Path, seconds: float, max_drop: float, min_share: float, resumed: bool) -> str:

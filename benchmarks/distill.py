@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmarks import SHARED
 from benchmarks.results import update_section
 from xlmr_compress import (
     BenchConfig,
@@ -27,7 +28,6 @@ from xlmr_compress import (
 )
 from xlmr_compress.distillation import PRESETS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 LABELS_ONLY = ["soft=0", "hidden=0", "attention=0", "relations=0", "embedding=0", "hard=1"]
 
 SELECTIONS = {"even": "evenly spaced", "first": "the bottom ones"}

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 
 import xlmr_compress as xc
+from benchmarks import SHARED
 from benchmarks.results import update_section
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def sib_texts(data: str, limit: int | None) -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+from benchmarks import SHARED
+
 TOKENIZER = SHARED / "tokenizers" / "xlm-roberta" / "tokenizer.json"
 BASE_SHAPE = {"vocab_size": 250002, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
               "intermediate_size": 3072, "layer_norm_eps": 1e-5, "type_vocab_size": 1, "max_position_embeddings": 514,

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import SHARED
 from benchmarks.results import update_section
 from xlmr_compress import DataConfig, load_data
 from xlmr_compress.data import references_of
 from xlmr_compress.metrics import MAIN_METRIC, SCORES
 from xlmr_compress.runtime import predictions_of
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def share(score, metric: str, model: list, teacher: list, gold: list) -> float:

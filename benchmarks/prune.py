@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from transformers import XLMRobertaTokenizerFast
 
-from benchmarks.models import SHARED, random_base
+from benchmarks import SHARED
+from benchmarks.models import random_base
 from benchmarks.results import update_section
 from xlmr_compress import (
     DataConfig,

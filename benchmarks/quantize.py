@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from benchmarks.models import SHARED, random_base
+from benchmarks import SHARED
+from benchmarks.models import random_base
 from benchmarks.results import update_section
 from xlmr_compress import (
     BenchConfig,

@@ -12,10 +12,9 @@ from pathlib import Path
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import xlmr_compress as xc
+from benchmarks import SHARED
 from benchmarks.results import update_section
 from xlmr_compress.distillation.student import StudentShape, build_student, select_layers
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def built(path: Path, make) -> Path:

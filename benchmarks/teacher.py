@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmarks import SHARED
 from benchmarks.results import update_section
 from xlmr_compress import DataConfig, FinetuneConfig, e5, finetune, load_data, read_lineage
 from xlmr_compress.demo import majority_baseline
 from xlmr_compress.metrics import MAIN_METRIC
 from xlmr_compress.inference.pipeline import CLASSIFY
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 
 def table(result: dict, baseline: dict | None, metric: str) -> str:

@@ -16,9 +16,9 @@ import random
 import re
 from pathlib import Path
 
+from benchmarks import SHARED
 from xlmr_compress import DataConfig, load_data
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
 
 
