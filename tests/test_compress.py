@@ -150,6 +150,23 @@ def test_every_step_skipped_keeps_the_teacher_once(tmp_path, toy_data, toy_teach
     assert xc.inspect(best).task == "sequence-classification"
 
 
+def test_data_without_a_validation_split_selects_on_a_held_out_share_of_train(tmp_path, toy_data, toy_teacher,
+                                                                              capsys):
+    (toy_data / "dev.csv").unlink()
+    recipe = write_recipe(tmp_path / "recipe.yaml", [None], [{"stage": "torch"}])
+    code = main(["compress", str(toy_teacher), "--data", str(toy_data), "--out", str(tmp_path / "refused"),
+                 "--holdout", "0", "--recipe", str(recipe)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "no validation split" in err and "--holdout 0.1" in err and "\n" not in err
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "out"
+    xc.compress(toy_teacher, out, xc.CompressConfig(holdout=0.25, recipe=str(recipe), repeats=2, memory=False),
+                toy_data)
+    assert "50 train examples (25%, seeded) are held out to select on" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert results["chosen"] == "teacher" and "best" in results["test"]
+
+
 def test_a_language_below_its_floor_falls_back_though_the_overall_drop_fits(tmp_path, toy_data, toy_teacher, capsys):
     # 100 points of overall drop allowed, but each language must keep 99% of the teacher's macro-F1: an untrained
     # student keeps far less, so distillation falls back to its `null` and the teacher is the candidate

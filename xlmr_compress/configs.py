@@ -225,7 +225,9 @@ class CompressConfig:
     train_examples: int | None = option(None, "train the candidates on a seeded subset of this many training "
                                               "examples (a CPU budget; validation and test stay whole)")
     max_length: int = option(128, "tokens per sequence when scoring candidates")
-    seed: int = option(0, "random seed of the training subset")
+    holdout: float = option(0.1, "share of train held out (seeded) to select candidates on when the data has no "
+                                 "validation split (0: refuse such data)")
+    seed: int = option(0, "random seed of the training subset and of the held-out share")
 
 
 @dataclass

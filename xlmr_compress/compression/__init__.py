@@ -34,13 +34,16 @@ def compress(src: str | Path, out: str | Path, config: CompressConfig | None = N
     if not 0 <= config.min_language_share <= 1:
         raise UserError(f"--min-language-share {config.min_language_share} is not a share: give one in [0, 1], "
                         "such as 0.95")
+    if not 0 <= config.holdout < 1:
+        raise UserError(f"--holdout {config.holdout} is not a share below 1: give one in [0, 1), such as 0.1")
     if data is None:
         raise UserError("compress scores candidates on task data: pass --data (with train and validation splits)")
     task_data = data if isinstance(data, data_mod.TaskData) else data_mod.load_data(data)
-    for split in ("train", "validation"):
-        if split not in task_data.splits:
-            raise UserError(f"the data has no {split} split: compress trains on train and selects on validation; "
-                            f"add a {'dev' if split == 'validation' else 'train'} file")
+    if "train" not in task_data.splits:
+        raise UserError("the data has no train split: compress trains its candidates on train; add a train file")
+    if "validation" not in task_data.splits and not config.holdout:
+        raise UserError("the data has no validation split to select candidates on: add a dev file, or give "
+                        "--holdout 0.1 to hold out a share of train")
     out = Path(out).resolve()
     if out.is_file():
         raise UserError(f"{out} is a file: give a directory for --out")
@@ -48,6 +51,10 @@ def compress(src: str | Path, out: str | Path, config: CompressConfig | None = N
     (out / "recipe.yaml").write_text(recipe.text, encoding="utf-8")
     search_data = searchable(task_data, config)
     search = Search(out, search_data, recipe, config.max_drop, config.max_length, config.min_language_share)
+    if "validation" not in task_data.splits:
+        search.progress.log(f"the data has no validation split: {len(search_data.splits['validation'])} train examples "
+                            f"({config.holdout:.0%}, seeded) are held out to select on; a teacher that trained on them "
+                            "scores higher there, so the search errs on the safe side")
     teacher = with_head(Path(src), search, recipe)
     name, model = search.lossy(teacher)
     candidates = search.backends(name, model)
@@ -88,12 +95,16 @@ def choose(scored: list[dict], tie: float = TIE) -> dict | None:
 
 
 def searchable(task_data: data_mod.TaskData, config: CompressConfig) -> data_mod.TaskData:
-    """The data the stages see: train (optionally a seeded subset) and validation, never test."""
-    train = task_data.splits["train"]
+    """The data the stages see: train (optionally a seeded subset) and validation (a seeded share of train where the
+    data has none), never test."""
+    train, validation = task_data.splits["train"], task_data.splits.get("validation")
+    if validation is None:
+        held = train.train_test_split(test_size=config.holdout, seed=config.seed)
+        train, validation = held["train"], held["test"]
     if config.train_examples and config.train_examples < len(train):
         train = train.shuffle(seed=config.seed).select(range(config.train_examples))
     return data_mod.TaskData(task_data.task, task_data.label_names,
-                             {"train": train, "validation": task_data.splits["validation"]})
+                             {"train": train, "validation": validation})
 
 
 def with_head(src: Path, search: Search, recipe) -> Path:
