@@ -27,6 +27,7 @@ def test_every_flag_is_explained(name):
     flags = [a for a in sub._actions if a.option_strings and a.dest != "help"]
     for action in flags:
         assert action.help and len(action.help) > 8, f"{name} {action.option_strings} has no help"
+        assert action.help.count("(default") <= 1, f"{name} {action.option_strings} states its default twice"
     sub.format_help()
     if COMMANDS[name].config:
         assert len(flags) >= len([f for f in COMMANDS[name].config_class().__dataclass_fields__])

@@ -74,8 +74,9 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type, skip: tu
         if scalar is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text, dest=f.name)
         else:
+            shown = text if "(default" in text else f"{text} (default: {default})"  # a field may word its own default
             group.add_argument(flag, type=scalar, nargs="+" if is_list else None, default=default,
-                               choices=choices_of(hints[f.name]), help=f"{text} (default: {default})", dest=f.name)
+                               choices=choices_of(hints[f.name]), help=shown, dest=f.name)
 
 
 def config_from(args: argparse.Namespace, config_cls: type, **fixed: Any) -> Any:
