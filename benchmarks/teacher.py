@@ -2,8 +2,8 @@
 
     python -m benchmarks.teacher --data ../shared/data/sib200 --out runs/teacher-sib200
     python -m benchmarks.teacher --data ../shared/data/uner --languages Chinese-GSDSIMP Danish-DDT Portuguese-Bosque \
-        Serbian-SET Slovak-SNK Swedish-Talbanken --max-length 128 --train-examples 6000 --head-learning-rate 1e-3 \
-        --out runs/teacher-uner --key teacher-uner
+        Serbian-SET Slovak-SNK Swedish-Talbanken --max-length 128 --train-examples 12000 --epochs 3 \
+        --head-learning-rate 1e-3 --out runs/teacher-uner --key teacher-uner-12k
 
 Every quality figure in RESULTS.md starts from this teacher (a transformer trained from scratch barely learns
 these sets). Writes the teacher's test metrics, per language, beside the majority-class baseline.
