@@ -25,6 +25,15 @@ def check_launch() -> None:
                         "xlmr_compress.cli ...` (N >= 2) or `accelerate launch`, or drop --shard")
 
 
+def close_process_group() -> None:
+    """Tear down the process group a torchrun launch opened, once this rank is done: left to interpreter exit, gloo's
+    threads can abort the process ("terminate called without an active exception") and fail the whole launch."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def training_arguments(precision: dict[str, bool]) -> dict[str, Any]:
     """TrainingArguments keywords that shard the model (`precision`: its bf16/fp16 flags)."""
     check_launch()

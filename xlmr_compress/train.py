@@ -195,6 +195,7 @@ def finetune(
     if trainer.is_world_process_zero():
         save_trained(trained, tokenizer, task_data, out, "finetune", asdict(config), parent, config, extra)
         shutil.rmtree(checkpoints, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()  # every process returns once the model is written
     return Path(out)
 
 
