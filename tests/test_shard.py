@@ -2,8 +2,9 @@
 and the AdamW state's bytes, training matches unsharded data parallelism (losses and written weights), --resume
 continues after a kill, and the output is the usual single safetensors directory.
 
-Run as a script, this file is the torchrun worker: it runs the CLI, recording the training losses and each rank's
-best checkpoint beside SHARD_TEST_LOSSES, and with SHARD_TEST_KILL kills every rank right after the first checkpoint."""
+Run as a script, this file is the torchrun worker: it runs the CLI, recording beside SHARD_TEST_LOSSES the training
+losses, each rank's best checkpoint and whether the output was written when each rank returned, and with
+SHARD_TEST_KILL kills every rank right after the first checkpoint."""
 from __future__ import annotations
 
 import json
@@ -35,8 +36,11 @@ def torchrun(args: list[str], out: Path, shard: bool, kill: bool = False) -> sub
 
 
 def trained(args: list[str], out: Path, shard: bool) -> Path:
+    """Run to the end: every rank returns only once the output directory is written."""
     run = torchrun(args, out, shard)
     assert run.returncode == 0, run.stderr[-3000:]
+    returned = [json.loads(line) for line in out.with_suffix(".returned.jsonl").read_text().splitlines()]
+    assert sorted(r["rank"] for r in returned) == [0, 1] and all(r["out_written"] for r in returned), returned
     return out
 
 
@@ -210,7 +214,12 @@ def worker(argv: list[str]) -> int:
     Trainer.log, Trainer.train = record, train_and_tell
     if os.environ.get("SHARD_TEST_KILL"):
         Trainer._save_checkpoint = save_then_die
-    return cli.main(argv)
+    code = cli.main(argv)
+    out = Path(argv[argv.index("--out") + 1])
+    written = (out / "compression.json").is_file()
+    with open(os.environ["SHARD_TEST_LOSSES"].replace(".losses.", ".returned."), "a") as f:
+        f.write(json.dumps({"rank": int(os.environ["RANK"]), "out_written": written}) + "\n")
+    return code
 
 
 if __name__ == "__main__":
