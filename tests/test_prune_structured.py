@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,20 @@ def test_prune_with_data_taylor_and_recovery(tmp_path: Path, tiny_dir: Path, tin
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["compression.json", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
     assert not list(tmp_path.glob(".recovered*"))
+
+
+def test_prune_takes_the_qa_window_stride_for_importance_and_recovery(tmp_path: Path):
+    """A short max_length leaves fewer context tokens than the default stride: --stride makes QA data fit."""
+    from test_distill_trainer import make_teacher, write_qa
+
+    data = write_qa(tmp_path / "qa")
+    teacher = make_teacher(tmp_path / "teacher", data, layers=2)
+    config = PruneConfig(ffn=0.5, importance_batches=1, batch_size=4, recover=True, recover_epochs=1, max_length=24)
+    with pytest.raises(UserError, match="not more than stride 32"):
+        prune(teacher, tmp_path / "default", config, data=str(data))
+    out = prune(teacher, tmp_path / "pruned", replace(config, stride=4), data=str(data))
+    stage = json.loads((out / "compression.json").read_text())["stages"][-1]
+    assert stage["options"]["stride"] == 4 and "f1" in stage["measured"]["validation"]["overall"]
 
 
 @pytest.mark.parametrize("config, message", [

@@ -180,7 +180,8 @@ def evaluate_command(src: str, config: Any, data: Any) -> None:
     """`evaluate`: the metrics table of one split, and optionally its JSON."""
     from .runtime import evaluate
 
-    result = evaluate(src, data, config.split, config.batch_size, config.max_length, device=config.device)
+    result = evaluate(src, data, config.split, config.batch_size, config.max_length, config.stride,
+                      device=config.device)
     print_metrics(result)
     if config.json:
         Path(config.json).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -11,6 +11,7 @@ from .errors import UserError
 from .options import option
 
 DEFAULT_PRESET = "balanced"
+STRIDE_HELP = "QA only: overlap in tokens between windows of a long context (below max_length minus the question)"
 
 
 @dataclass
@@ -26,7 +27,7 @@ class FinetuneConfig:
     weight_decay: float = option(0.01, "AdamW weight decay")
     warmup: float = option(0.1, "fraction of the training steps spent warming up the learning rate")
     max_length: int = option(128, "tokens per sequence; longer texts are truncated with a warning (at most 512)")
-    stride: int = option(32, "QA only: overlap in tokens between windows of a long context")
+    stride: int = option(32, STRIDE_HELP)
     grad_accum: int = option(1, "gradient accumulation steps (effective batch = batch size x this x devices)")
     freeze_embeddings: bool = option(False, "keep the word embedding fixed (250k rows: much cheaper on a CPU)")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = option(
@@ -111,6 +112,7 @@ class PruneConfig:
     importance_split: str = option("train", "split scored for the Taylor importance")
     batch_size: int = option(32, "examples per device per step")
     max_length: int = option(128, "tokens per sequence; longer texts are truncated with a warning (at most 512)")
+    stride: int = option(32, STRIDE_HELP)
     recover: bool = option(False, "train the pruned model on --data to win back accuracy")
     recover_with: Literal["distill", "finetune"] = option(
         "distill", "distillation: learn from the unpruned model (distillation); finetune: from the labels only")
@@ -175,6 +177,7 @@ class QuantizeConfig:
     eval_split: str | None = option("test", "split of --data on which source and quantized model are compared")
     max_drop: float = option(0.01, "warn when the main metric falls by more than this (0.01 = 1 point)")
     max_length: int = option(128, "tokens per sequence for calibration and the accuracy check")
+    stride: int = option(32, STRIDE_HELP)
     batch_size: int = option(32, "examples per batch for calibration and the accuracy check")
     overwrite: bool = option(False, "replace the output directory if it exists")
 
@@ -199,6 +202,7 @@ class BenchConfig:
     baseline: str | None = option(None, "variant (directory name) every ratio refers to (default: the first model)")
     split: str = option("test", "split of --data that is evaluated and sampled for real lengths")
     max_length: int = option(128, "tokens per sequence; longer texts are truncated with a warning (at most 512)")
+    stride: int = option(32, STRIDE_HELP)
     seed: int = option(0, "random seed (the batches drawn from the data, the synthetic token ids, --quick's "
                           "examples)")
     quick: bool = option(False, "one-minute smoke run: 5 rounds, batch 1, 64 tokens and real lengths, 100 examples, "
@@ -225,6 +229,7 @@ class CompressConfig:
     train_examples: int | None = option(None, "train the candidates on a seeded subset of this many training "
                                               "examples (a CPU budget; validation and test stay whole)")
     max_length: int = option(128, "tokens per sequence when scoring candidates")
+    stride: int = option(32, STRIDE_HELP)
     holdout: float = option(0.1, "share of train held out (seeded) to select candidates on when the data has no "
                                  "validation split (0: refuse such data)")
     seed: int = option(0, "random seed of the training subset and of the held-out share")
@@ -237,6 +242,7 @@ class EvaluateConfig:
     split: str = option("test", "split to evaluate")
     batch_size: int = option(64, "examples per batch")
     max_length: int = option(128, "tokens per sequence, at most 512")
+    stride: int = option(32, STRIDE_HELP)
     device: str = option("cpu", "cpu or cuda[:N]")
     json: str | None = option(None, "write the metrics to this JSON file")
 
@@ -268,7 +274,7 @@ class PipelineConfig:
     batch_size: int = option(32, "texts per forward pass")
     max_length: int | None = option(None, "tokens per sequence (default: the tokenizer's limit, at most 512); longer "
                                           "texts are truncated with a warning, long QA contexts are windowed")
-    stride: int = option(128, "QA only: overlap in tokens between windows of a long context")
+    stride: int = option(128, STRIDE_HELP)
     sort_by_length: bool = option(True, "batch texts of similar length together, so padding stays small (results "
                                         "keep the input order)")
     pack: bool = option(True, "torch models: run a batch of mixed lengths as one row of its real tokens, so "

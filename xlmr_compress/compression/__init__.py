@@ -50,7 +50,8 @@ def compress(src: str | Path, out: str | Path, config: CompressConfig | None = N
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(recipe.text, encoding="utf-8")
     search_data = searchable(task_data, config)
-    search = Search(out, search_data, recipe, config.max_drop, config.max_length, config.min_language_share)
+    search = Search(out, search_data, recipe, config.max_drop, config.max_length, config.min_language_share,
+                    config.stride)
     if "validation" not in task_data.splits:
         search.progress.log(f"the data has no validation split: {len(search_data.splits['validation'])} train examples "
                             f"({config.holdout:.0%}, seeded) are held out to select on; a teacher that trained on them "
@@ -130,7 +131,7 @@ def time_candidates(search: Search, teacher: Path, reference: Path, candidates: 
                                seq_lengths=[config.latency_length] if config.latency_length else [],
                                data_lengths=config.latency_length is None, threads=[config.threads] if config.threads
                                else None, repeats=config.repeats, warmup=3, memory=config.memory, split="validation",
-                               max_length=config.max_length, baseline="teacher")
+                               max_length=config.max_length, stride=config.stride, baseline="teacher")
     search.progress.log(f"timing {len(dirs)} models on this machine, interleaved ({config.repeats} rounds)")
     result = run_bench([links / label for label in dirs], bench_config, search.data)
     search.progress.step(FINISH / 2)

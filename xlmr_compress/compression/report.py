@@ -36,9 +36,9 @@ def write_report(out: Path, search: Any, config: Any, teacher: Path, scored: lis
     test = {}
     if "test" in task_data.splits:
         search.progress.log("scoring the test split once, on the teacher and on best")
-        test["teacher"] = evaluate(teacher, task_data, "test", max_length=config.max_length)
+        test["teacher"] = evaluate(teacher, task_data, "test", max_length=config.max_length, stride=config.stride)
         if best is not None:
-            test["best"] = evaluate(best, task_data, "test", max_length=config.max_length)
+            test["best"] = evaluate(best, task_data, "test", max_length=config.max_length, stride=config.stride)
     search.progress.step(search.progress.total - search.progress.done)
     plot_rows = [{"variant": t["model"], "p50_ms": t["p50_ms"], "size_mib": t["size_mib"], metric: t[metric]}
                  for t in table]

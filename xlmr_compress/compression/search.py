@@ -76,9 +76,9 @@ class Search:
     """State of one compress run in its working directory: candidates built, validation scores, the path taken."""
 
     def __init__(self, out: Path, data: data_mod.TaskData, recipe: Recipe, max_drop: float, max_length: int,
-                 min_share: float = 0.0) -> None:
+                 min_share: float = 0.0, stride: int = 32) -> None:
         self.out, self.data, self.recipe = out, data, recipe
-        self.max_drop, self.max_length, self.min_share = max_drop, max_length, min_share
+        self.max_drop, self.max_length, self.min_share, self.stride = max_drop, max_length, min_share, stride
         self.gain = 0.0  # the largest validation gain of a kept model, which later candidates may not spend
         self.metric = MAIN_METRIC[data.task]
         self.candidates = out / "candidates"
@@ -117,7 +117,7 @@ class Search:
         if name not in self.state["validation"]:
             self.progress.log(f"{name}: evaluating on {len(self.data.splits['validation'])} validation examples")
             self.state["validation"][name] = evaluate(model_dir, self.data, "validation",
-                                                      max_length=self.max_length)
+                                                      max_length=self.max_length, stride=self.stride)
             self._save_state()
         return self.state["validation"][name]
 

@@ -83,7 +83,7 @@ def run_bench(models: str | Path | list[str | Path], config: BenchConfig | None 
                     for n, p in predictors.items():
                         log(f"evaluating {n} on {len(task_data.splits[config.split])} {config.split} examples")
                         accuracy[n] = evaluate(p, task_data, config.split, max_length=config.max_length,
-                                               features=features[n])
+                                               stride=config.stride, features=features[n])
                 torch.set_num_threads(threads)
                 for setting in settings_of(config, device, threads, task_data is not None):
                     batches = {n: batches_for(setting, p, features.get(n), config) for n, p in predictors.items()}
@@ -150,7 +150,7 @@ def encode_for(predictor: Predictor, task_data: data_mod.TaskData, config: Bench
     if task_data.task != predictor.task:
         raise UserError(f"variant {name} has a {predictor.task} head but the data is for {task_data.task}: "
                         "benchmark it on data of its task")
-    return data_mod.encode(task_data, config.split, predictor.tokenizer, config.max_length,
+    return data_mod.encode(task_data, config.split, predictor.tokenizer, config.max_length, config.stride,
                            label_names=predictor.label_names or None)
 
 

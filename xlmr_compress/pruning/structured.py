@@ -68,8 +68,8 @@ def recover(model: PreTrainedModel, tokenizer: object, task_data: TaskData, work
     if config.resume and (work / "recovered" / directory.LINEAGE).is_file():
         return work / "recovered"  # finished before the run was killed
     common = {"epochs": config.recover_epochs, "batch_size": config.batch_size, "max_length": config.max_length,
-              "learning_rate": config.recover_learning_rate, "freeze_embeddings": config.freeze_embeddings,
-              "seed": config.seed, "resume": config.resume}
+              "stride": config.stride, "learning_rate": config.recover_learning_rate,
+              "freeze_embeddings": config.freeze_embeddings, "seed": config.seed, "resume": config.resume}
     if config.recover_with == "finetune":
         return finetune(model, work / "recovered", FinetuneConfig(**common), task_data, tokenizer=tokenizer)
     directory.save_model(model, tokenizer, work / "student")
@@ -86,7 +86,7 @@ def importance_batches(model: PreTrainedModel, tokenizer: object, task_data: Tas
     sample = split.shuffle(seed=config.seed).select(range(size))
     one_split = replace(task_data, splits=datasets.DatasetDict({"sample": sample}))
     labels = directory.label_names_of(model.config, task_data.task) or None
-    features = encode(one_split, "sample", tokenizer, config.max_length, label_names=labels)
+    features = encode(one_split, "sample", tokenizer, config.max_length, config.stride, label_names=labels)
     collate = collator(task_data.task, tokenizer)
     for start in range(0, len(features), config.batch_size):
         yield collate([features[i] for i in range(start, min(start + config.batch_size, len(features)))])

@@ -170,7 +170,7 @@ def calibration_batches(predictor: runtime.Predictor, task_data: data_mod.TaskDa
                         "there, or choose another --calibration-split")
     subset = data_mod.TaskData(task_data.task, task_data.label_names,
                                {"calibration": data_mod.subsample(split, config.calibration_size, seed=0)})
-    features = data_mod.encode(subset, "calibration", predictor.tokenizer, config.max_length,
+    features = data_mod.encode(subset, "calibration", predictor.tokenizer, config.max_length, config.stride,
                                label_names=predictor.label_names or None)
     width, size = max(features["length"]), min(config.batch_size, len(features))
     pad = predictor.tokenizer.pad_token_id
@@ -267,8 +267,9 @@ def accuracy_check(source: Path, quantized: Path, task_data: data_mod.TaskData, 
     """Main metric of the source and the quantized model on the eval split, overall and per language; warns, naming
     the nodes to keep in fp32, when the drop exceeds config.max_drop."""
     metric = MAIN_METRIC[task_data.task]
-    before = runtime.evaluate(source, task_data, config.eval_split, config.batch_size, config.max_length)
-    after = runtime.evaluate(quantized, task_data, config.eval_split, config.batch_size, config.max_length)
+    before = runtime.evaluate(source, task_data, config.eval_split, config.batch_size, config.max_length, config.stride)
+    after = runtime.evaluate(quantized, task_data, config.eval_split, config.batch_size, config.max_length,
+                             config.stride)
     drop = before["overall"][metric] - after["overall"][metric]
     if drop > config.max_drop:
         advice = (f"keep the nodes with the largest int8 error in fp32 with --keep-fp32 {config.keep_fp32 + 4}, or "
