@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import subprocess
 import sys
 
@@ -77,6 +78,21 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "does not exist" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_training_logs_reach_a_pipe_as_they_are_printed(tmp_path, tiny_encoder, toy_data):
+    """A log file or pipe sees each training loss line while the epoch runs, not in a block after it."""
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "xlmr_compress.cli", "finetune", str(tiny_encoder), "--data", str(toy_data),
+               "--epochs", "1", "--batch-size", "4", "--logging-steps", "1", "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # Python's default: a pipe is buffered
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env) as run:
+        first = next((line for line in run.stdout if "'loss'" in line), None)
+        checkpoints = list(out.with_name("out.checkpoints").glob("checkpoint-*"))
+        written = out.exists()
+        run.communicate(timeout=300)
+    assert first is not None and not checkpoints and not written and run.returncode == 0, \
+        "the first loss line came only after the epoch's checkpoint"
 
 
 def test_progress_bars_on_a_terminal_only(tmp_path, tiny_encoder, toy_data):

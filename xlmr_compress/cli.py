@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from .console import interactive, one_line_warnings
+from .console import interactive, line_buffered, one_line_warnings
 from .errors import UserError
 from .options import choices_of, help_of, scalar_type
 from .stages import STAGES, Command
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     one_line_warnings()
+    line_buffered()
     if not interactive():  # progress bars are for terminals; logs and pipes get the lines alone
         hf_logging.disable_progress_bar()
     if os.environ.get("RANK", "0") != "0":  # under torchrun or accelerate, rank 0 alone reports what was written

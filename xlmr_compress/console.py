@@ -16,6 +16,13 @@ def interactive(stream: TextIO | None = None) -> bool:
     return hasattr(stream, "isatty") and stream.isatty()
 
 
+def line_buffered() -> None:
+    """Send each line of standard output on at once, so a log file or pipe shows training progress as it happens
+    rather than in blocks (Python buffers a non-terminal stdout)."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)
+
+
 def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> Any:
     """A tqdm bar with its rate, shown on a terminal only."""
     return tqdm(iterable, disable=not interactive(), dynamic_ncols=True, **kwargs)
