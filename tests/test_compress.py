@@ -93,6 +93,10 @@ def test_compress_chooses_resumes_and_reports(tmp_path, toy_data, toy_teacher, c
     chosen = next(c for c in results["candidates"] if c["chosen"])
     assert chosen["model"] == results["chosen"] == by_the_rule(results)
     assert set(results["test"]) == {"teacher", "best"} and "per_language" in results["test"]["best"]
+    for row in results["candidates"]:  # every language's validation share is kept, and the weakest is its minimum
+        shares = results["validation_language_shares"][row["model"]]
+        assert set(shares) == {"en", "fr"} and row["weakest_language"] == "{} {:.1%}".format(
+            *min(shares.items(), key=lambda item: item[1]))
     report = (out / "report.md").read_text()
     assert report.count("distill-student_layers1") >= 1
     assert "distill-student_layers1+export-optimizefalse-tolerance1e-12: not built, left out of the timing" in report
@@ -183,6 +187,9 @@ def test_a_language_below_its_floor_falls_back_though_the_overall_drop_fits(tmp_
     assert language in ("en", "fr") and share < 0.99
     assert results["chosen"] == "teacher" and results["min_language_share"] == 0.99
     assert f"weakest language {language} at {share:.1%} (floor 99%): falling back" in capsys.readouterr().out
+    shares = results["validation_language_shares"]  # every model scored on validation, the fallen-back ones too
+    assert min(shares["distill-student_layers1"].items(), key=lambda item: item[1]) == (language, share)
+    assert set(shares["distill-student_layers1"]) == {"en", "fr"} and shares["teacher"] == {"en": 1.0, "fr": 1.0}
     assert "every language keeping at least 99% of the teacher's" in (out / "report.md").read_text()
 
 

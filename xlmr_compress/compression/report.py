@@ -1,5 +1,6 @@
-"""The compress report: every candidate (validation metric, latency p50/p99, size, memory, share of this machine's
-ceiling), the path the search took, and the test split of the teacher and of best, overall and per language."""
+"""The compress report: every candidate (validation metric, overall and as each language's share of the teacher's,
+latency p50/p99, size, memory, share of this machine's ceiling), the path the search took, and the test split of the
+teacher and of best, overall and per language."""
 from __future__ import annotations
 
 import json
@@ -45,7 +46,10 @@ def write_report(out: Path, search: Any, config: Any, teacher: Path, scored: lis
     plot_pareto(plot_rows, metric, out / "pareto.png", rows["teacher"]["setting"])
     results = {"metric": metric, "max_drop_points": config.max_drop, "min_language_share": config.min_language_share,
                "gain_not_spent_points": search.gain, "setting": rows["teacher"]["setting"],
-               "machine": machine(), "candidates": table, "path": search.path,
+               "machine": machine(), "candidates": table,
+               "validation_language_shares": {name: search.shares(validation["teacher"], result)
+                                              for name, result in validation.items()},
+               "path": search.path,
                "chosen": chosen["name"] if chosen else None, "test": test}
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n")
     report = out / "report.md"

@@ -125,11 +125,15 @@ class Search:
         """Points of the main metric lost against the reference (negative: a gain)."""
         return 100 * (reference["overall"][self.metric] - result["overall"][self.metric])
 
+    def shares(self, reference: dict, result: dict) -> dict[str, float]:
+        """The share of the reference's metric that each language keeps (languages the reference scores above 0)."""
+        ref, got = reference.get("per_language", {}), result.get("per_language", {})
+        return {lang: got[lang][self.metric] / ref[lang][self.metric] for lang in ref
+                if lang in got and ref[lang][self.metric] > 0}
+
     def weakest(self, reference: dict, result: dict) -> tuple[str, float] | None:
         """The language that keeps the smallest share of the reference's metric, and that share (None: no languages)."""
-        ref, got = reference.get("per_language", {}), result.get("per_language", {})
-        shares = {lang: got[lang][self.metric] / ref[lang][self.metric] for lang in ref
-                  if lang in got and ref[lang][self.metric] > 0}
+        shares = self.shares(reference, result)
         return min(shares.items(), key=lambda item: item[1]) if shares else None
 
     def counted(self, drop: float) -> float:
