@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import replace
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -160,6 +160,7 @@ def test_prune_takes_the_qa_window_stride_for_importance_and_recovery(tmp_path: 
     config = PruneConfig(ffn=0.5, importance_batches=1, batch_size=4, recover=True, recover_epochs=1, max_length=24)
     with pytest.raises(UserError, match="not more than stride 32"):
         prune(teacher, tmp_path / "default", config, data=str(data))
+    assert not (tmp_path / "default").exists()
     out = prune(teacher, tmp_path / "pruned", replace(config, stride=4), data=str(data))
     stage = json.loads((out / "compression.json").read_text())["stages"][-1]
     assert stage["options"]["stride"] == 4 and "f1" in stage["measured"]["validation"]["overall"]

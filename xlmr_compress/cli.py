@@ -205,16 +205,17 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  lives as long as the process
     try:
         report(run(COMMANDS[args.command], args))
-        if "WORLD_SIZE" in os.environ:
-            from .shard import close_process_group
-
-            close_process_group()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: no output was written; a training run can continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        if "WORLD_SIZE" in os.environ:  # a torchrun or accelerate launch: leave its process group on every exit
+            from .shard import close_process_group
+
+            close_process_group()
     return 0
 
 
