@@ -26,9 +26,9 @@ from xlmr_compress import (
     read_lineage,
     run_bench,
 )
-from xlmr_compress.distillation import PRESETS
+from xlmr_compress.distillation.losses import loss_weights
 
-LABELS_ONLY = ["soft=0", "hidden=0", "attention=0", "relations=0", "embedding=0", "hard=1"]
+LABELS_ONLY = ["soft=0", "hidden=0", "attention=0", "relations=0", "embedding=0", "cosine=0", "hard=1"]
 
 SELECTIONS = {"even": "evenly spaced", "first": "the bottom ones"}
 
@@ -39,8 +39,8 @@ def train_students(teacher: Path, data: TaskData, work: Path, a: argparse.Namesp
                   max_length=a.max_length, freeze_embeddings=True, seed=0, logging_steps=50, resume=True,
                   preset=a.preset)
     students = {}
-    distilled = {"cache_teacher": a.preset == "fast", "augment": a.augment, "layer_selection": a.layer_selection,
-                 "unlabeled": a.unlabeled}
+    distilled = {"cache_teacher": loss_weights(a.preset, a.losses).cacheable(), "augment": a.augment,
+                 "layer_selection": a.layer_selection, "unlabeled": a.unlabeled, "losses": a.losses}
     for name, extra in (("distilled", distilled), ("labels-only", {"losses": LABELS_ONLY})):
         out = work / f"student-{a.student_layers}l-{name}"
         if not out.is_dir() and name in a.train:
@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--unlabeled", default=None,
                     help="text file the teacher labels for the distilled student (DistillConfig.unlabeled; "
                          "benchmarks/unlabeled.py writes one)")
+    ap.add_argument("--losses", nargs="*", default=None,
+                    help="NAME=WEIGHT overrides of the preset for the distilled student (DistillConfig.losses)")
     ap.add_argument("--key", help="RESULTS.md section key (default: distill-LAYERS), to keep runs with other settings")
     a = ap.parse_args()
     teacher, work = Path(a.teacher), Path(a.work)
@@ -126,7 +128,7 @@ def main() -> None:
             f"{SELECTIONS[a.layer_selection]}; labels-only: evenly spaced; copied), trained "
             f"{a.epochs:g} epochs on {len(data.splits['train'])} `{a.data}` train examples (seeded subset, frozen "
             f"word embeddings, max length {a.max_length}); distilled with preset `{a.preset}` (losses: "
-            f"{', '.join(PRESETS[a.preset].active())}; T=2)"
+            f"{', '.join(loss_weights(a.preset, a.losses).active())}; T=2)"
             + (f" with {a.augment} noisy copies of each train text that the teacher labels" if a.augment else "")
             + (f" plus the texts of `{a.unlabeled}` that the teacher labels" if a.unlabeled else "")
             + ", or on labels alone. Test split: "
@@ -139,7 +141,8 @@ def main() -> None:
                    f"Distillation: {a.student_layers}-layer student vs teacher ({a.preset}"
                    + (f", {a.augment} augmented copies" if a.augment else "")
                    + (f", {SELECTIONS[a.layer_selection]}" if a.layer_selection != "even" else "")
-                   + (", unlabelled text" if a.unlabeled else "") + ")", body)
+                   + (", unlabelled text" if a.unlabeled else "")
+                   + "".join(f", {item}" for item in a.losses or []) + ")", body)
     print(body)
 
 

@@ -59,6 +59,17 @@ def test_embedding_mse_matches_hand_value():
     assert losses.embedding_mse(s, t, torch.ones(1, 1)).item() == pytest.approx((1 + 9) / 2)
 
 
+def test_cosine_loss_ignores_scale_and_padding():
+    student = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]])
+    teacher = torch.tensor([[[5.0, 0.0], [0.0, 2.0], [-1.0, 0.0]]])  # same direction, orthogonal, opposite
+    assert losses.cosine_loss(student, teacher).item() == pytest.approx((0 + 1 + 2) / 3)
+    assert losses.cosine_loss(student, teacher, torch.tensor([[1, 1, 0]])).item() == pytest.approx(0.5)
+    projection = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        projection.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0]]))  # maps (1, 0) onto (0, 1)
+    assert losses.cosine_loss(student[0, :2], teacher[0, :2], None, projection).item() == pytest.approx(0.5)
+
+
 def test_attention_kl_over_real_queries_and_heads():
     teacher = torch.tensor([[[[0.75, 0.25, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]]]])
     student = torch.tensor([[[[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.9, 0.05, 0.05]]]])
@@ -89,7 +100,9 @@ def test_relation_heads_divide_both_widths():
 
 def test_presets_and_overrides():
     assert losses.loss_weights("fast").active() == ["soft", "hard"]
-    assert losses.loss_weights("fast").logits_only()
+    assert losses.loss_weights("fast").cacheable()
+    assert losses.loss_weights("fast", ["cosine=1"]).cacheable()
+    assert not losses.loss_weights("balanced").cacheable()
     quality = losses.loss_weights("quality")
     assert set(quality.active()) == {"soft", "hard", "hidden", "attention", "relations", "embedding"}
     w = losses.loss_weights("balanced", ["hidden=0", "attention=0.5"], temperature=3.0)

@@ -83,14 +83,14 @@ def test_distill_every_head_with_every_loss(tmp_path: Path, task: str, monkeypat
     monkeypatch.setattr(DistillTrainer, "_losses", spy)
     out = distill(teacher, tmp_path / "student",
                   DistillConfig(student_layers=2, student_hidden=24, student_heads=2, student_ffn=32, preset="quality",
-                                **TINY_RUN), str(data))
+                                losses=["cosine=1"], **TINY_RUN), str(data))
     stage = read_lineage(out)["stages"][-1]
     measured = stage["measured"]
     assert stage["stage"] == "distill" and stage["parent"] == str(teacher.resolve())
     assert measured["student_layers"] == [0, 3] and measured["hidden_size"] == 24
     assert measured["shapes"] == {"head_size": 8, "heads": [2, 2], "ffn": [32, 32]}
-    assert computed == {"soft", "hard", "hidden", "attention", "relations", "embedding"}  # each one, finite
-    assert measured["losses"] == asdict(loss_weights("quality"))
+    assert computed == {"soft", "hard", "hidden", "attention", "relations", "embedding", "cosine"}  # each, finite
+    assert measured["losses"] == asdict(loss_weights("quality", ["cosine=1"]))
     assert "test" in measured and "test" in measured["teacher"]  # student beside teacher
     assert measured["parameters"] < measured["teacher"]["parameters"]
     student, _ = directory.load(out)
@@ -99,12 +99,13 @@ def test_distill_every_head_with_every_loss(tmp_path: Path, task: str, monkeypat
     assert not (tmp_path / "student.checkpoints").exists()
 
 
-def test_cached_teacher_outputs_train_the_same_student(toy_teacher, tmp_path: Path):
+@pytest.mark.parametrize("extra", [[], ["cosine=1"]])
+def test_cached_teacher_outputs_train_the_same_student(toy_teacher, tmp_path: Path, extra: list[str]):
     teacher, data = toy_teacher
     runs = {}
     for cache in (False, True):
         out = distill(teacher, tmp_path / f"cache-{cache}",
-                      DistillConfig(student_layers=2, preset="fast", cache_teacher=cache,
+                      DistillConfig(student_layers=2, preset="fast", losses=extra, cache_teacher=cache,
                                     **{**TINY_RUN, "max_steps": 4}), str(data))
         runs[cache] = load_file(str(out / "model.safetensors"))
     assert runs[True].keys() == runs[False].keys()
@@ -152,6 +153,9 @@ def test_augmented_copies_are_noisy_unlabelled_and_seeded(toy_teacher, tmp_path:
     assert read_lineage(out)["stages"][-1]["options"]["augment"] == 2
     with pytest.raises(UserError, match="--augment -1 is negative"):
         distill(teacher, tmp_path / "bad", DistillConfig(student_layers=1, augment=-1), str(data))
+    with pytest.raises(UserError, match="keeps the last hidden state of the first token only"):
+        cosine = DistillConfig(student_layers=1, preset="fast", losses=["cosine=1"], cache_teacher=True)
+        distill(teacher, tmp_path / "bad", cosine, str(ner))
     with pytest.raises(UserError, match="--augment noises plain texts"):
         distill(teacher, tmp_path / "bad", DistillConfig(student_layers=1, augment=1), str(write_qa(tmp_path / "qa")))
     assert not (tmp_path / "bad").exists()

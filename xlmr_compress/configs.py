@@ -69,7 +69,7 @@ class DistillConfig(FinetuneConfig):
         DEFAULT_PRESET, "losses: fast (outputs only), balanced (+ hidden states), quality (+ attention, "
                                "MiniLM relations, embeddings)")
     losses: list[str] | None = option(None, "NAME=WEIGHT overrides of the preset, NAME among soft hard hidden "
-                                            "attention relations embedding")
+                                            "attention relations embedding cosine")
     temperature: float | None = option(None, "softmax temperature of the soft targets (default: the preset's, 2)")
     unlabeled: str | None = option(None, "text file, one text a line in any language, that the teacher labels for "
                                          "the student")
@@ -89,9 +89,10 @@ class DistillConfig(FinetuneConfig):
                             "starts from the current directory)")
         if self.augment < 0:
             raise UserError(f"--augment {self.augment} is negative: give the number of noisy copies per text (0: none)")
-        if self.cache_teacher and not weights.logits_only():
-            raise UserError(f"--cache-teacher keeps the teacher's outputs only, but the losses {weights.active()} need "
-                            "its hidden states: use --preset fast (or --losses hidden=0 ...) or drop --cache-teacher")
+        if self.cache_teacher and not weights.cacheable():
+            raise UserError(f"--cache-teacher keeps the teacher's outputs and last hidden state only, but the losses "
+                            f"{weights.active()} need its inner layers: use --preset fast (or --losses hidden=0 ...) "
+                            "or drop --cache-teacher")
 
 
 @dataclass

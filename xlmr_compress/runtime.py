@@ -15,6 +15,7 @@ from .console import progress
 from .errors import UserError
 
 PACK_ABOVE = 0.1  # share of a batch's token slots that is padding, above which packing pays for its copies
+FIRST_HIDDEN = "first_hidden"  # output name of the last layer's state at the first token (Predictor.from_torch)
 
 
 @dataclass
@@ -50,8 +51,10 @@ class Predictor:
         return cls.from_torch(model, tokenizer, device, pack)
 
     @classmethod
-    def from_torch(cls, model: Any, tokenizer: Any, device: str = "cpu", pack: bool = False) -> Predictor:
-        """Wrap an in-memory torch model (used during training, before anything is saved)."""
+    def from_torch(cls, model: Any, tokenizer: Any, device: str = "cpu", pack: bool = False,
+                   first_hidden: bool = False) -> Predictor:
+        """Wrap an in-memory torch model (used during training, before anything is saved); `first_hidden` adds the
+        output FIRST_HIDDEN, the last layer's state at the first token (a distillation target)."""
         check_device(device)
         task = directory.task_of(model)
         if task is None:
@@ -67,11 +70,14 @@ class Predictor:
         @torch.inference_mode()
         def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             ids, mask = (torch.as_tensor(np.asarray(batch[k])).to(device) for k in ("input_ids", "attention_mask"))
-            if pack and len(ids) > 1 and int(mask.sum()) < (1 - PACK_ABOVE) * mask.numel():
+            if pack and not first_hidden and len(ids) > 1 and int(mask.sum()) < (1 - PACK_ABOVE) * mask.numel():
                 out = attention.packed_forward(model, ids, mask)
             else:
-                out = model(input_ids=ids, attention_mask=mask)
-            return {n: out[n].float().cpu().numpy() for n in names}
+                out = model(input_ids=ids, attention_mask=mask, output_hidden_states=first_hidden)
+            result = {n: out[n].float().cpu().numpy() for n in names}
+            if first_hidden:
+                result[FIRST_HIDDEN] = out.hidden_states[-1][:, 0].float().cpu().numpy()
+            return result
 
         return cls(run, tokenizer, task, directory.label_names_of(model.config, task), "torch", model, pack)
 

@@ -6,6 +6,8 @@ hidden: MSE between hidden states over a layer map, through a learned projection
 attention: KL between the attention distributions over the same layer map (TinyBERT uses MSE; KL is scale-free).
 relations: KL between the last layer's query-key and value-value self-attention relations (MiniLM).
 embedding: MSE between the embedding outputs (TinyBERT).
+cosine: 1 - cosine similarity between the last hidden states that the task head reads (DistilBERT): a target as
+    wide as the model on every text, where the outputs give one number per class.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ class LossWeights:
     attention: float = 0.0
     relations: float = 0.0
     embedding: float = 0.0
+    cosine: float = 0.0
     temperature: float = 2.0
 
     def active(self) -> list[str]:
@@ -42,9 +45,10 @@ class LossWeights:
         """Every loss but hard compares with the teacher."""
         return any(name != "hard" for name in self.active())
 
-    def logits_only(self) -> bool:
-        """True when no loss reads the teacher's internals (then its outputs can be cached on disk)."""
-        return set(self.active()) <= {"soft", "hard"}
+    def cacheable(self) -> bool:
+        """True when the losses read only what the disk cache of the teacher keeps: its outputs and last hidden state
+        (the latter for sequence classification, whose head reads one token)."""
+        return set(self.active()) <= {"soft", "hard", "cosine"}
 
 
 # fast: outputs only (cacheable); balanced: plus hidden states; quality: everything TinyBERT and MiniLM transfer.
@@ -127,6 +131,14 @@ def relation_kl(student: tuple[torch.Tensor, ...], teacher: tuple[torch.Tensor, 
         _distribution_kl(_relation(a, b, mask, relation_heads), _relation(c, d, mask, relation_heads), mask)
         for a, b, c, d in pairs
     ]).mean()
+
+
+def cosine_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None,
+                projection: nn.Module | None = None) -> torch.Tensor:
+    """Mean of 1 - cos(student, teacher) over the vectors of the last axis that `mask` keeps; the scale of either
+    side does not count, so a student's hidden states need not match the teacher's norms."""
+    student = projection(student) if projection is not None else student
+    return _mean(1 - F.cosine_similarity(student.float(), teacher.float(), dim=-1), mask)
 
 
 def embedding_mse(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor,

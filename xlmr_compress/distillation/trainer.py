@@ -37,6 +37,7 @@ from .student import StudentShape, build_student, check_student, select_layers
 
 TARGETS = ("labels", "start_positions", "end_positions")
 PROJECTION = "distill_projection"  # student submodule during training only: checkpoints and --resume keep it
+LAST = runtime.FIRST_HIDDEN  # the teacher cache's copy of the last hidden state at the first token
 
 
 def distill(src: str | Path, out: str | Path, config: DistillConfig | None = None,
@@ -52,6 +53,9 @@ def distill(src: str | Path, out: str | Path, config: DistillConfig | None = Non
     if "train" not in task_data.splits:
         raise UserError("the data has no train split: give a directory with a train file")
     directory.check_output(out, config.overwrite)
+    if config.cache_teacher and weights.cosine and task_data.task != "sequence-classification":
+        raise UserError("--cache-teacher keeps the last hidden state of the first token only, which a sequence "
+                        "classifier reads: for this task drop --cache-teacher or the cosine loss")
     if config.augment and task_data.task == "question-answering":
         raise UserError("--augment noises plain texts, and a question and its context would lose their answer: use "
                         "it for sequence or token classification")
@@ -60,8 +64,9 @@ def distill(src: str | Path, out: str | Path, config: DistillConfig | None = Non
     student, layers = make_student(teacher_model, tokenizer, config)
     if config.freeze_embeddings:
         student.get_input_embeddings().weight.requires_grad_(False)
-    if (weights.hidden or weights.embedding) and student.config.hidden_size != teacher_model.config.hidden_size:
-        student.add_module(PROJECTION, nn.Linear(student.config.hidden_size, teacher_model.config.hidden_size))
+    widths = student.config.hidden_size, teacher_model.config.hidden_size
+    if (weights.hidden or weights.embedding or weights.cosine) and widths[0] != widths[1]:
+        student.add_module(PROJECTION, nn.Linear(*widths))
     if weights.attention:
         for model in (student, teacher_model):
             model.set_attn_implementation("eager")  # only eager attention returns its probabilities
@@ -83,10 +88,11 @@ def distill(src: str | Path, out: str | Path, config: DistillConfig | None = Non
     cache = None
     if config.cache_teacher and config.shard:  # the sharded teacher runs on every rank at once; the main one writes
         cache = teacher_outputs(teacher_model, tokenizer, train, checkpoints / "teacher-outputs", args.device,
-                                write=args.process_index == 0)
+                                write=args.process_index == 0, hidden=bool(weights.cosine))
     elif config.cache_teacher:
         with args.main_process_first(local=False, desc="teacher outputs"):
-            cache = teacher_outputs(teacher_model, tokenizer, train, checkpoints / "teacher-outputs", args.device)
+            cache = teacher_outputs(teacher_model, tokenizer, train, checkpoints / "teacher-outputs", args.device,
+                                    hidden=bool(weights.cosine))
     trainer = DistillTrainer(
         model=student.train(), args=args, train_dataset=train, eval_dataset=eval_features,
         data_collator=RowCollator(collator(task_data.task, tokenizer)), processing_class=tokenizer,
@@ -141,7 +147,8 @@ class DistillTrainer(TaskTrainer):
         rows = inputs.pop("row")
         targets = {k: inputs.pop(k) for k in TARGETS if k in inputs}
         w = self.weights
-        internals = {"output_hidden_states": bool(w.hidden or w.embedding), "output_attentions": bool(w.attention)}
+        internals = {"output_hidden_states": bool(w.hidden or w.embedding or w.cosine),
+                     "output_attentions": bool(w.attention)}
         student = model(**inputs, **internals)
         teacher = None
         if w.needs_teacher():
@@ -181,7 +188,19 @@ class DistillTrainer(TaskTrainer):
             s, t = (tuple(self.captured[side][k] for k in ("query", "key", "value")) for side in ("student", "teacher"))
             heads = losses.relation_heads(s[0].shape[-1], t[0].shape[-1], self.teacher.config.num_attention_heads)
             parts["relations"] = losses.relation_kl(s, t, mask, heads)
+        if w.cosine:
+            token_level = self.task != "sequence-classification"
+            parts["cosine"] = losses.cosine_loss(self._head_input(student), self._head_input(teacher),
+                                                 mask if token_level else None, projection)
         return parts
+
+    def _head_input(self, outputs: Any) -> torch.Tensor:
+        """The last hidden states the task head reads: the first token's for sequence classification (as the teacher
+        cache keeps them), every token's otherwise."""
+        if LAST in outputs:
+            return outputs[LAST]
+        last = outputs.hidden_states[-1]
+        return last[:, 0] if self.task == "sequence-classification" else last
 
     def _logits(self, student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -273,14 +292,16 @@ def encode_unlabeled(texts: list[str], task: str, tokenizer: Any, config: Distil
 
 
 def teacher_outputs(teacher: PreTrainedModel, tokenizer: Any, features: datasets.Dataset, folder: Path,
-                    device: Any, write: bool = True) -> dict[str, np.ndarray]:
-    """The teacher's outputs for every training row, computed once into .npy files and memory-mapped after
-    (`write=False`: a process that computes them beside the writer keeps its copy in memory)."""
-    names = directory.OUTPUTS[directory.task_of(teacher.config)]
+                    device: Any, write: bool = True, hidden: bool = False) -> dict[str, np.ndarray]:
+    """The teacher's outputs (`hidden`: and last hidden state at the first token) for every training row, computed
+    once into .npy files and memory-mapped after (`write=False`: a process that computes them beside the writer keeps
+    its copy in memory)."""
+    names = directory.OUTPUTS[directory.task_of(teacher.config)] + ((LAST,) if hidden else ())
     files = {name: folder / f"{name}.npy" for name in names}
     if not all(f.is_file() and np.load(f, mmap_mode="r").shape[0] == len(features) for f in files.values()):
         folder.mkdir(parents=True, exist_ok=True)
-        outputs = runtime.predict(runtime.Predictor.from_torch(teacher, tokenizer, str(device)), features)
+        outputs = runtime.predict(runtime.Predictor.from_torch(teacher, tokenizer, str(device), first_hidden=hidden),
+                                  features)
         if not write:
             return outputs
         for name, file in files.items():
