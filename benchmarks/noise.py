@@ -7,7 +7,9 @@ that a model keeps in each language, and the same count for a model exactly as g
 Per language, the test examples are drawn again with replacement, the same draw for both models (`--rounds` times):
 the share's 90% interval and how often it falls below the floor. The null model answers each example with this
 model's or the teacher's prediction, a coin flip each: it is as good as the teacher on average and disagrees with it
-where this model does. How many languages it leaves below the floor is what the bar costs by chance alone.
+where this model does. How many languages it leaves below the floor is what the bar costs by chance alone. For
+classification, the examples where the two disagree are split by which one is right: an even split is noise, a
+lopsided one a real loss. `--split validation` shows what the search saw.
 """
 from __future__ import annotations
 
@@ -35,6 +37,13 @@ def mixed(first: list, second: list, pick: np.ndarray) -> list:
     return [x if p else y for x, y, p in zip(first, second, pick, strict=True)]
 
 
+def who_is_right(model: list, teacher: list, gold: list) -> tuple[int, int]:
+    """Examples only the teacher gets right, and examples only the model gets right."""
+    teacher_only = sum(t == g != m for m, t, g in zip(model, teacher, gold, strict=True))
+    model_only = sum(m == g != t for m, t, g in zip(model, teacher, gold, strict=True))
+    return teacher_only, model_only
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", required=True, help="the teacher's model directory")
@@ -43,12 +52,14 @@ def main() -> None:
     ap.add_argument("--languages", nargs="+", help="keep only these languages (default: all)")
     ap.add_argument("--floor", type=float, default=0.95, help="the per-language bar, a share of the teacher's metric")
     ap.add_argument("--rounds", type=int, default=1000, help="bootstrap draws and null-model flips")
+    ap.add_argument("--split", default="test", help="the split scored (validation: what the search selected on)")
     ap.add_argument("--key", default="noise-sib200", help="RESULTS.md section key")
     a = ap.parse_args()
     data = load_data(DataConfig(a.data, languages=a.languages))
     metric, score = MAIN_METRIC[data.task], SCORES[data.task]
-    gold, languages = references_of(data, "test"), data.splits["test"]["language"][:]
-    teacher, model = (predictions_of(m, data, "test") for m in (a.teacher, a.model))
+    gold, languages = references_of(data, a.split), data.splits[a.split]["language"][:]
+    teacher, model = (predictions_of(m, data, a.split) for m in (a.teacher, a.model))
+    classes = data.task == "sequence-classification"
     rng = np.random.default_rng(0)
     rows, null_below = [], np.zeros(a.rounds, dtype=int)
     for lang in sorted(set(languages)):
@@ -61,21 +72,23 @@ def main() -> None:
         null_below += null < a.floor
         rows.append((lang, len(idx), share(score, metric, m, t, g), *np.quantile(boot, [0.05, 0.95]),
                      float(np.mean(boot < a.floor)), float(np.mean(null < a.floor)),
-                     sum(x != y for x, y in zip(m, t, strict=True)) / len(idx)))
+                     sum(x != y for x, y in zip(m, t, strict=True)) / len(idx),
+                     "{} / {}".format(*who_is_right(m, t, g)) if classes else "n/a"))
     lines = [f"| language | examples | share of the teacher's {metric} | 90% interval | P(share < {a.floor:.0%}) | "
-             f"null model: P(share < {a.floor:.0%}) | disagreement with the teacher |", "|---|" + "---|" * 6]
-    lines += [f"| {lang} | {n} | {s:.1%} | {lo:.1%} – {hi:.1%} | {p:.2f} | {q:.2f} | {d:.1%} |"
-              for lang, n, s, lo, hi, p, q, d in rows]
+             f"null model: P(share < {a.floor:.0%}) | disagreement with the teacher | right only: teacher / model |",
+             "|---|" + "---|" * 7]
+    lines += [f"| {lang} | {n} | {s:.1%} | {lo:.1%} – {hi:.1%} | {p:.2f} | {q:.2f} | {d:.1%} | {w} |"
+              for lang, n, s, lo, hi, p, q, d, w in rows]
     below = sum(r[2] < a.floor for r in rows)
     lo, hi = np.quantile(null_below, [0.05, 0.95])
-    body = (f"Teacher `{a.teacher}`, model `{a.model}`, `{a.data}` test split ({len(gold)} examples, {len(rows)} "
+    body = (f"Teacher `{a.teacher}`, model `{a.model}`, `{a.data}` {a.split} split ({len(gold)} examples, {len(rows)} "
             f"languages), {a.rounds} paired bootstrap draws per language (seeded).\n\n"
             f"- Languages below {a.floor:.0%} of the teacher on the real split: **{below} of {len(rows)}**.\n"
             f"- A null model as good as the teacher, disagreeing with it where this model does (each example's "
             f"prediction from either, a coin flip), leaves **{null_below.mean():.1f}** languages below "
             f"{a.floor:.0%} on average (90% of draws: {lo:.0f} – {hi:.0f}); it clears every language in "
             f"{np.mean(null_below == 0):.0%} of draws.\n\n" + "\n".join(lines))
-    update_section(a.key, f"Test noise of the per-language bar: {Path(a.data).name}", body)
+    update_section(a.key, f"{a.split.capitalize()} noise of the per-language bar: {Path(a.data).name}", body)
     print(body)
 
 
