@@ -272,3 +272,55 @@ def test_a_search_killed_mid_training_resumes_and_chooses_the_same_model(tmp_pat
     assert shapes[0] == shapes[1]
     weights = [xc.load(run / "best")[0].state_dict() for run in (killed, whole)]
     assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) < 1e-5
+
+
+def test_inputs_that_cannot_work_are_refused_before_out_is_made(tmp_path, toy_data, tiny_dir, monkeypatch):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    bert = tmp_path / "bert"
+    BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                             intermediate_size=32)).save_pretrained(bert)
+    for teacher, message in (("./no-teacher", "model directory no-teacher does not exist"),
+                             (str(bert), "is a 'bert' model, not XLM-R"),
+                             (str(tiny_dir), "do not match the model's head")):
+        with pytest.raises(xc.UserError, match=message):
+            xc.compress(teacher, out, xc.CompressConfig(), toy_data)
+        assert not out.exists()
+
+
+def test_a_stage_that_refuses_its_settings_leaves_no_out(tmp_path, toy_data, toy_teacher):
+    import yaml
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"prune": {"candidates": [{"ffn": 1.5}]}, "backends": [{"stage": "torch"}]}))
+    with pytest.raises(xc.UserError, match="ffn"):
+        xc.compress(toy_teacher, tmp_path / "out", xc.CompressConfig(recipe=str(recipe)), toy_data)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_out_holding_the_search_of_other_inputs_is_refused(tmp_path, toy_data):
+    data = xc.load_data(str(toy_data))
+    out = tmp_path / "out"
+    out.mkdir()
+    Search(out, data, load_recipe(), 1.0, 16).claim({"teacher": "a", "data": data.fingerprint()})
+    Search(out, data, load_recipe(), 1.0, 16).claim({"teacher": "a", "data": data.fingerprint()})
+    with pytest.raises(xc.UserError, match="holds a search with another teacher: give a new --out"):
+        Search(out, data, load_recipe(), 1.0, 16).claim({"teacher": "b", "data": data.fingerprint()})
+
+
+def test_an_interrupted_candidate_started_with_other_settings_starts_over(tmp_path, toy_data, toy_teacher, capsys):
+    from xlmr_compress.train import SETTINGS_FILE, checkpoint_dir
+
+    data = xc.load_data(str(toy_data))
+    search = Search(tmp_path, data, load_recipe(), 1.0, 16)
+    out = search.candidates / "distill-student_layers1"
+    stale = checkpoint_dir(out)
+    (stale / "checkpoint-3").mkdir(parents=True)  # a checkpoint of a 2-layer student, which cannot load into 1 layer
+    (stale / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    (stale / SETTINGS_FILE).write_text(json.dumps({"student_layers": 2}))
+    search.build("distill", toy_teacher, out.name, {**FAST, "student_layers": 1})
+    log = capsys.readouterr().out
+    assert "the interrupted run was started with other" in log and "starting over" in log and "resuming from" not in log
+    assert xc.load(out)[0].config.num_hidden_layers == 1 and not stale.exists()

@@ -290,6 +290,79 @@ def test_misaligned_text_and_label_files(tmp_path):
         load_data(str(tmp_path))
 
 
+BOM = "\ufeff"
+
+
+@pytest.mark.parametrize("name, text", [
+    ("train.csv", "text,label\nhello,x\nworld,y\n"),
+    ("train.tsv", "text\tlabel\nhello\tx\nworld\ty\n"),
+    ("train.jsonl", '{"text": "hello", "label": "x"}\n{"text": "world", "label": "y"}\n'),
+    ("train_text.txt", "hello\nworld\n"),
+])
+def test_a_byte_order_mark_is_not_part_of_the_data(tmp_path, name, text):
+    write(tmp_path / name, BOM + text)
+    if name.endswith("_text.txt"):
+        write(tmp_path / "train_labels.txt", BOM + "x\ny\n")
+    data = load_data(str(tmp_path))
+    assert data.splits["train"]["text"][:] == ["hello", "world"] and data.label_names == ["x", "y"]
+
+
+def test_a_conll_file_with_a_byte_order_mark(tmp_path):
+    write(tmp_path / "train.txt", BOM + CONLL_TXT)
+    assert load_data(str(tmp_path)).splits["train"]["tokens"][0][0] == "EU"
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.tsv", "train.jsonl", "train.conll", "train_text.txt"])
+def test_a_file_in_another_encoding_is_refused_in_one_line(tmp_path, name):
+    text = {"train.csv": "text,label\ncafé,x\n", "train.tsv": "text\tlabel\ncafé\tx\n", "train.conll": "Café B-LOC\n",
+            "train.jsonl": '{"text": "café", "label": "x"}\n', "train_text.txt": "café\n"}[name]
+    write(tmp_path / "train_labels.txt", "x\n")
+    (tmp_path / name).write_bytes(text.encode("latin-1"))
+    with pytest.raises(UserError, match=rf"{name} is not UTF-8 text .*: convert it") as e:
+        load_data(str(tmp_path))
+    assert "\n" not in str(e.value)
+
+
+def test_conll_in_iobes_and_bilou_is_recognised_and_keeps_its_tags(tmp_path):
+    write(tmp_path / "train.txt", "Angela U-PER\nvisited O\nNew B-LOC\nYork L-LOC\n\nRio S-LOC\nde B-LOC\nX E-LOC\n")
+    data = load_data(str(tmp_path))
+    assert data.task == "token-classification"
+    assert references_of(data, "train") == [["U-PER", "O", "B-LOC", "L-LOC"], ["S-LOC", "B-LOC", "E-LOC"]]
+
+
+def test_integer_ner_tags_without_names_are_refused(tmp_path):
+    write(tmp_path / "train.jsonl", '{"tokens": ["Paris", "is"], "ner_tags": [1, 0]}\n')
+    with pytest.raises(UserError, match="tag column 'ner_tags' holds int64 numbers without tag names"):
+        load_data(str(tmp_path))
+
+
+def test_a_list_label_is_refused_as_multi_label(tmp_path):
+    write(tmp_path / "train.jsonl", '{"text": "a", "label": ["x", "y"]}\n')
+    with pytest.raises(UserError, match="multi-label classification is not supported"):
+        load_data(str(tmp_path))
+
+
+def test_float_labels_are_classes_only_when_whole(tmp_path):
+    write(tmp_path / "train.jsonl", '{"text": "a", "label": 1.0}\n{"text": "b", "label": 0.0}\n')
+    assert load_data(str(tmp_path)).label_names == ["0", "1"]
+    write(tmp_path / "train.jsonl", '{"text": "a", "label": 0.5}\n')
+    with pytest.raises(UserError, match="label 0.5 is not a class.*regression is not supported"):
+        load_data(str(tmp_path))
+
+
+def test_an_empty_jsonl_file(tmp_path):
+    write(tmp_path / "train.jsonl", "\n")
+    with pytest.raises(UserError, match="train.jsonl holds no examples"):
+        load_data(str(tmp_path))
+
+
+def test_the_data_fingerprint_follows_the_examples(tmp_path):
+    csv_splits(tmp_path / "a", "text,label\na,x\nb,y\n")
+    csv_splits(tmp_path / "b", "text,label\na,x\nb,x\n")
+    first, again, other = (load_data(str(tmp_path / d)) for d in ("a", "a", "b"))
+    assert first.fingerprint() == again.fingerprint() != other.fingerprint()
+
+
 def test_unknown_hub_name_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="not a local path and datasets.load_dataset failed"):

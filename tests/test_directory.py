@@ -48,3 +48,30 @@ def test_corrupt_lineage_is_a_clear_error(tmp_path: Path):
     (tmp_path / "compression.json").write_text("{")
     with pytest.raises(UserError, match="not valid JSON"):
         read_lineage(tmp_path)
+
+
+def test_a_model_of_another_architecture_is_refused_in_one_line(tmp_path: Path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from xlmr_compress.directory import inspect
+
+    BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=32)).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="is a 'bert' model, not XLM-R: .* give an XLM-RoBERTa model"):
+        inspect(tmp_path)
+
+
+def test_a_head_with_default_names_predicts_integer_labels(tmp_path: Path):
+    from xlmr_compress.directory import inspect, load
+    from xlmr_compress.tiny import save_tiny
+
+    model_dir = save_tiny(tmp_path / "m", "sequence-classification", 2)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(id2label={"0": "LABEL_0", "1": "LABEL_1"}, label2id={"LABEL_0": 0, "LABEL_1": 1})
+    (model_dir / "config.json").write_text(json.dumps(config))
+    assert inspect(model_dir).label_names == ["LABEL_0", "LABEL_1"]
+    load(model_dir, label_names=["0", "1"])
+    with pytest.raises(UserError, match="default names: write the class names into its config.json id2label"):
+        load(model_dir, label_names=["neg", "pos"])
+    with pytest.raises(UserError, match="do not match"):
+        load(model_dir, label_names=["1", "0"])

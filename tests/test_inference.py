@@ -60,7 +60,7 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def fake_predictor(task: str, logits_of) -> Predictor:
+def fake_predictor(task: str, logits_of, tags: list[str] = TAGS) -> Predictor:
     """A predictor over the tiny tokenizer whose per-token logits come from `logits_of(token_id)`."""
     def run(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         per_token = np.asarray([[logits_of(int(t)) for t in row] for row in batch["input_ids"]], dtype=np.float32)
@@ -68,7 +68,7 @@ def fake_predictor(task: str, logits_of) -> Predictor:
             return {"start_logits": per_token[..., 0], "end_logits": per_token[..., 1]}
         return {"logits": per_token}
 
-    return Predictor(run, tiny_tokenizer(), task, TAGS if task == "token-classification" else [], "fake")
+    return Predictor(run, tiny_tokenizer(), task, tags if task == "token-classification" else [], "fake")
 
 
 def test_classification_follows_transformers_conventions(dirs: dict[str, Path]) -> None:
@@ -301,6 +301,31 @@ def test_predict_refuses_bad_input_before_loading(tmp_path: Path, dirs: dict[str
     wrong.write_text('{"sentence": "ok"}\n')
     with pytest.raises(xc.UserError, match="--text-column"):
         xc.predict(model, tmp_path / "o.jsonl", xc.PredictConfig(input=str(wrong)))
+
+
+def test_predict_reads_utf8_with_a_byte_order_mark_and_refuses_other_encodings(tmp_path: Path,
+                                                                              dirs: dict[str, Path]) -> None:
+    model = dirs["sequence-classification"]
+    marked = tmp_path / "bom.txt"
+    marked.write_text("\ufeff" + "\n".join(TEXTS) + "\n", encoding="utf-8")
+    out = xc.predict(model, tmp_path / "bom.jsonl", xc.PredictConfig(input=str(marked)))
+    assert_close([json.loads(line) for line in out.read_text().splitlines()], xc.pipeline(model)(TEXTS))
+    for suffix in (".txt", ".csv"):
+        latin = tmp_path / f"latin{suffix}"
+        latin.write_bytes(("text\n" if suffix == ".csv" else "").encode() + "café crème\n".encode("latin-1"))
+        with pytest.raises(xc.UserError, match=rf"latin{suffix} is not UTF-8 text .*iconv") as e:
+            xc.predict(model, tmp_path / "o.jsonl", xc.PredictConfig(input=str(latin)))
+        assert "\n" not in str(e.value) and not (tmp_path / "o.jsonl").exists()
+
+
+def test_entity_groups_in_bilou_tags() -> None:
+    tags = ["O", "U-PER", "B-LOC", "L-LOC"]
+    tok = tiny_tokenizer()
+    wanted = {tok.convert_tokens_to_ids("▁" + w): tags.index(t) for w, t in
+              [("john", "U-PER"), ("paris", "B-LOC"), ("new", "L-LOC")]}
+    pipe = Pipeline(fake_predictor("token-classification", lambda t: np.eye(len(tags))[wanted.get(t, 0)] * 5, tags))
+    assert [(e["entity_group"], e["word"]) for e in pipe("john saw paris new")] == [("PER", "john"),
+                                                                                    ("LOC", "paris new")]
 
 
 @pytest.mark.slow

@@ -27,6 +27,27 @@ def test_entities_follow_seqeval_default_mode():
                                                                ("PER", 3, 3)}
 
 
+@pytest.mark.parametrize("tags", [
+    ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-LOC"],  # IOB2
+    ["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-LOC"],  # IOB1: B- only between two entities of one type
+    ["B-PER", "E-PER", "O", "S-LOC", "B-LOC", "E-LOC"],  # IOBES
+    ["B-PER", "L-PER", "O", "U-LOC", "B-LOC", "L-LOC"],  # BILOU
+])
+def test_entities_read_every_tag_scheme_alike(tags):
+    assert entities(tags) == {("PER", 0, 1), ("LOC", 3, 3), ("LOC", 4, 5)}
+
+
+def test_bare_types_are_io_tags_and_a_closed_entity_does_not_continue():
+    assert entities(["PER", "PER", "O", "LOC"]) == {("PER", 0, 1), ("LOC", 3, 3)}
+    assert entities(["B-X", "E-X", "E-X"]) == {("X", 0, 1), ("X", 2, 2)}
+
+
+def test_entity_f1_in_bilou():
+    references = [["U-PER", "O", "B-LOC", "L-LOC"]]
+    overall = compute_metrics("token-classification", [["U-PER", "O", "U-LOC", "O"]], references)["overall"]
+    assert overall["precision"] == pytest.approx(1 / 2) and overall["recall"] == pytest.approx(1 / 2)
+
+
 def test_entity_f1_with_a_partial_span_miss():
     references = [["B-PER", "I-PER", "O", "B-LOC"], ["I-ORG", "I-ORG"]]
     predictions = [["B-PER", "O", "O", "B-LOC"], ["B-ORG", "I-ORG"]]  # the PER span is cut short: no credit

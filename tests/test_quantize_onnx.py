@@ -194,6 +194,20 @@ def test_refuses_bad_requests(onnx_dir: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "q").exists()
 
 
+def test_an_absent_eval_split_is_refused_before_any_work(onnx_dir: Path, tmp_path: Path, toy_data: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from xlmr_compress.quantization import onnx as quant_onnx
+
+    def never(*args: object) -> None:
+        raise AssertionError("the model was exported before the data was checked")
+
+    monkeypatch.setattr(quant_onnx, "fp32_onnx", never)
+    (toy_data / "test.csv").unlink()
+    with pytest.raises(UserError, match="the data has no 'test' split"):
+        quantize(onnx_dir, tmp_path / "q", QuantizeConfig(), str(toy_data))
+    assert not (tmp_path / "q").exists()
+
+
 def test_cli_quantize_and_one_line_error(onnx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from xlmr_compress.cli import main
 

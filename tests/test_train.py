@@ -15,7 +15,7 @@ from conftest import write_toy_data
 from xlmr_compress import FinetuneConfig, UserError, evaluate, finetune
 from xlmr_compress.directory import read_lineage
 from xlmr_compress.data import load_data
-from xlmr_compress.train import last_complete_checkpoint
+from xlmr_compress.train import claim_checkpoints, last_complete_checkpoint, prepare_checkpoints, run_settings
 
 FAST = dict(epochs=3, batch_size=16, learning_rate=2e-3, logging_steps=1000)
 
@@ -105,6 +105,23 @@ def test_resume_after_sigkill(tiny_encoder: Path, tmp_path: Path):
     assert (out / "model.safetensors").is_file() and (out / "compression.json").is_file()
     state = json.loads((out / "compression.json").read_text())["stages"][-1]
     assert state["stage"] == "finetune" and state["measured"]["test"]["overall"]["accuracy"] > 0.5
+
+
+def test_an_interrupted_run_resumes_only_with_its_own_settings(toy_data: Path, tmp_path: Path):
+    data = load_data(str(toy_data))
+    two, four = FinetuneConfig(epochs=2), FinetuneConfig(epochs=4, resume=True)
+    out = tmp_path / "out"
+    checkpoints, last = prepare_checkpoints(out, False, run_settings("teacher", two, data))
+    assert last is None and (checkpoints / "settings.json").is_file()
+    claim_checkpoints(checkpoints, run_settings("teacher", four, data))  # nothing saved yet: the new run takes over
+    (checkpoints / "checkpoint-5").mkdir()
+    (checkpoints / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    with pytest.raises(UserError, match=r"holds an interrupted run with other settings \(epochs\): rerun with"):
+        prepare_checkpoints(out, True, run_settings("teacher", two, data))
+    other = load_data(str(write_toy_data(tmp_path / "other", seed=1)))
+    with pytest.raises(UserError, match=r"other settings \(data, source\)"):
+        prepare_checkpoints(out, True, run_settings("student", four, other))
+    assert prepare_checkpoints(out, True, run_settings("teacher", four, data))[1].endswith("checkpoint-5")
 
 
 def test_cli_errors_are_one_line(tiny_dir: Path, tmp_path: Path):

@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: no output was written; a training run can continue with --resume", file=sys.stderr)
+        resume = "rerun the same command to continue from the candidates it finished" if args.command == "compress" \
+            else "a training run can continue with --resume"
+        print(f"interrupted: no output was written; {resume}", file=sys.stderr)
         return 130
     finally:
         if "WORLD_SIZE" in os.environ:  # a torchrun or accelerate launch: leave its process group on every exit

@@ -13,6 +13,7 @@ imported only when a directory of their kind is loaded, so onnxruntime stays out
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import shutil
@@ -33,6 +34,7 @@ SHAPES_KEY = "xlmr_compress"  # config.json: pruned per-layer shapes
 QUANTIZED_KEY = "xlmr_compress_quantization"  # config.json: torch int8 weights
 PRECISION_KEY = "xlmr_compress.precision"  # ONNX metadata: fp32, fp16 or int8
 KINDS = ("torch", "torch-pruned", "torch-int8", "onnx")
+MODEL_TYPES = ("xlm-roberta", "xlm-roberta-xl")  # config.model_type of base/large and of XL/XXL
 TASKS = ("sequence-classification", "token-classification", "question-answering")
 HEAD_SUFFIX = {
     "ForSequenceClassification": "sequence-classification",
@@ -114,7 +116,7 @@ def load_config(name_or_dir: str | Path) -> Any:
     try:
         return AutoConfig.from_pretrained(str(name_or_dir))
     except OSError as e:
-        raise UserError(f"cannot load {name_or_dir!r}: not a local directory, and the hub says: "
+        raise UserError(f"cannot load '{name_or_dir}': not a local directory, and the hub says: "
                         f"{str(e).splitlines()[0]}") from None
 
 
@@ -141,6 +143,9 @@ def inspect(name_or_dir: str | Path) -> ModelInfo:
     """Kind, task, precision, labels and pruned shapes of a model directory (or hub id), from its markers."""
     path = Path(name_or_dir)
     config = load_config(name_or_dir)
+    if getattr(config, "model_type", None) not in MODEL_TYPES:
+        raise UserError(f"{name_or_dir} is a {getattr(config, 'model_type', 'unknown')!r} model, not XLM-R: "
+                        "xlmr-compress reads XLM-R's layout and SentencePiece tokenizer; give an XLM-RoBERTa model")
     task = task_of(config)
     shapes = getattr(config, SHAPES_KEY, None)
     if is_local(name_or_dir) and (path / ONNX_FILE).is_file() and not (path / SAFETENSORS).is_file():
@@ -154,6 +159,19 @@ def inspect(name_or_dir: str | Path) -> ModelInfo:
         dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
         precision = {"float16": "fp16", "bfloat16": "bf16"}.get(dtype.removeprefix("torch."), "fp32")
     return ModelInfo(path, kind, task, precision, label_names_of(config, task), shapes, config)
+
+
+def fingerprint(name_or_dir: str | Path) -> str:
+    """What tells one version of a model from another cheaply: its config.json and its weight files' sizes and
+    modification times (a hub id stands for itself)."""
+    path = Path(name_or_dir)
+    if not path.is_dir():
+        return str(name_or_dir)
+    digest = hashlib.sha256((path / "config.json").read_bytes() if (path / "config.json").is_file() else b"")
+    for file in sorted(path.glob("model*")):
+        stat = file.stat()
+        digest.update(f"{file.name} {stat.st_size} {stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
 
 
 def onnx_precision(path: Path) -> str:
@@ -195,26 +213,48 @@ def load(name_or_dir: str | Path, task: str | None = None, *, label_names: list[
     (`attn_implementation` for torch, `device`/`threads`/`provider` for ONNX). `info`: the directory's inspect(),
     when the caller already has it."""
     info = info or inspect(name_or_dir)
-    task = task or info.task
-    if task is None:
-        raise UserError(f"{name_or_dir} is a bare encoder with no task head: pass task= (--task) and labels to add one")
-    check_task(task)
-    if info.task and info.task != task:
-        raise UserError(f"{name_or_dir} has a {info.task} head, not {task}: pass --task {info.task} "
-                        "or fine-tune a new head")
-    if info.task and label_names is not None and task != "question-answering" and \
-            list(label_names) != info.label_names:
-        raise UserError(f"the data's labels {list(label_names)[:8]} do not match the model's head "
-                        f"{info.label_names[:8]}: evaluate on the data the model was trained for, or fine-tune a new "
-                        "head")
-    if info.task is None and task != "question-answering" and not label_names:
-        raise UserError(f"{name_or_dir} has no {task} head yet: give the label names (the data set provides them)")
+    task = check_head(info, task, label_names)
     if info.kind in FORMAT_MODULES and info.kind not in _LOADERS:
         importlib.import_module(f".{FORMAT_MODULES[info.kind]}", __package__)
     tokenizer = load_tokenizer(name_or_dir)
     model = _LOADERS[info.kind](info, task, label_names=None if info.task else label_names, **options)
     check_vocab(model, tokenizer, name_or_dir)
     return model, tokenizer
+
+
+def check_head(info: ModelInfo, task: str | None, label_names: list[str] | None = None) -> str:
+    """The task a model is loaded for: its head's, refused in one line when it does not fit the task or labels."""
+    name = info.path
+    task = task or info.task
+    if task is None:
+        raise UserError(f"{name} is a bare encoder with no task head: fine-tune it first (xlmr-compress finetune) "
+                        "and give the fine-tuned directory")
+    check_task(task)
+    if info.task and info.task != task:
+        raise UserError(f"{name} has a {info.task} head, not {task}: give it {info.task} data, "
+                        "or fine-tune a new head")
+    if info.task and label_names is not None and task != "question-answering" and \
+            not same_labels(label_names, info.label_names):
+        raise UserError(f"the data's labels {list(label_names)[:8]} do not match the model's head "
+                        f"{info.label_names[:8]}: {label_fix(info.label_names)}")
+    if info.task is None and task != "question-answering" and not label_names:
+        raise UserError(f"{name} has no {task} head yet: give the label names (the data set provides them)")
+    return task
+
+
+def same_labels(data: list[str], head: list[str]) -> bool:
+    """Whether a head predicts the data's labels: the same names, or transformers' default LABEL_i for labels
+    that are the integers 0..n-1 (what a head trained on integer labels is saved with)."""
+    return list(data) == list(head) or (list(data) == [str(i) for i in range(len(head))]
+                                        and list(head) == [f"LABEL_{i}" for i in range(len(head))])
+
+
+def label_fix(head: list[str]) -> str:
+    """What to do when the data's labels are not the head's: name a head saved with the default names."""
+    if list(head) == [f"LABEL_{i}" for i in range(len(head))]:
+        return ("the head has transformers' default names: write the class names into its config.json id2label and "
+                "label2id, in the order it was trained on")
+    return "evaluate on the data the model was trained for, or fine-tune a new head"
 
 
 def check_vocab(model: Any, tokenizer: Any, where: Any = "model") -> None:

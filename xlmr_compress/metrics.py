@@ -49,15 +49,24 @@ def classification_scores(predictions: Sequence, references: Sequence) -> dict[s
 
 
 def entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
-    """(type, first, last) spans of an IOB2 sequence; an I- without its B- starts an entity, as in seqeval."""
+    """(type, first, last) spans of a tag sequence in IOB2, IOB1, IOBES, BILOU or bare types (IO).
+
+    B- starts an entity; I-, E- and L- continue one of the same type (or start one, as in seqeval's default mode);
+    E- and L- end it; S- and U- are one-word entities; a tag without a prefix is I- of that type.
+    """
     spans, start, kind = set(), None, None
     for i, tag in enumerate(list(tags) + ["O"]):
-        prefix, tag_kind = tag[:1], tag[2:]
-        if start is not None and (prefix in ("B", "O") or tag_kind != kind):
+        prefix, tag_kind = (tag[0], tag[2:]) if tag[1:2] == "-" else ("O", "") if tag == "O" else ("I", tag)
+        if start is not None and (prefix in ("B", "S", "U", "O") or tag_kind != kind):
             spans.add((kind, start, i - 1))
             start = None
-        if prefix in ("B", "I") and start is None:
+        if prefix in ("S", "U"):
+            spans.add((tag_kind, i, i))
+        elif prefix in ("B", "I", "E", "L") and start is None:
             start, kind = i, tag_kind
+        if prefix in ("E", "L") and start is not None:
+            spans.add((kind, start, i))
+            start = None
     return spans
 
 

@@ -104,6 +104,9 @@ class TaskTrainer(Trainer):
         return metrics
 
 
+SETTINGS_FILE = "settings.json"  # in OUT.checkpoints: the settings of the run that wrote the checkpoints
+
+
 def checkpoint_dir(out_dir: str | Path) -> Path:
     """Where an interrupted run's checkpoints live: a sibling of the output, so the output is never half-written."""
     out = Path(out_dir).resolve()
@@ -122,7 +125,7 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
     return None
 
 
-def prepare_checkpoints(out_dir: str | Path, resume: bool) -> tuple[Path, str | None]:
+def prepare_checkpoints(out_dir: str | Path, resume: bool, settings: dict) -> tuple[Path, str | None]:
     """The checkpoint directory and the checkpoint to resume from; refuses to silently drop an interrupted run."""
     checkpoints = checkpoint_dir(out_dir)
     last = last_complete_checkpoint(checkpoints)
@@ -131,7 +134,40 @@ def prepare_checkpoints(out_dir: str | Path, resume: bool) -> tuple[Path, str | 
                         "or delete it to start over")
     if resume:
         print(f"resuming from {last}" if last else f"no checkpoint in {checkpoints}: starting from the beginning")
+    claim_checkpoints(checkpoints, settings)
     return checkpoints, last
+
+
+def run_settings(src: Any, config: Any, data: TaskData) -> dict:
+    """What an interrupted run must be resumed with: its source, its options (but resume and overwrite) and its
+    data, as JSON values."""
+    options = {k: v for k, v in asdict(config).items() if k not in ("resume", "overwrite")}
+    source = str(src) if isinstance(src, (str, Path)) else type(src).__name__
+    return json.loads(json.dumps({"source": source, **options, "data": data.fingerprint()}, default=str))
+
+
+def changed_settings(checkpoints: Path, settings: dict) -> list[str]:
+    """The settings an interrupted run in `checkpoints` was started with other than these ([] when none is
+    recorded)."""
+    file = checkpoints / SETTINGS_FILE
+    if not file.is_file():
+        return []
+    recorded = json.loads(file.read_text())
+    return sorted(k for k in {*recorded, *settings} if recorded.get(k) != settings.get(k))
+
+
+def claim_checkpoints(checkpoints: Path, settings: dict) -> None:
+    """Record the settings of the run that writes `checkpoints`; refuses to resume one begun with other settings,
+    whose checkpoint would not fit (another student shape, other data)."""
+    started = checkpoints.is_dir() and any(p.name != SETTINGS_FILE for p in checkpoints.iterdir())
+    changed = changed_settings(checkpoints, settings) if started else []
+    if changed:
+        raise UserError(f"{checkpoints} holds an interrupted run with other settings ({', '.join(changed)}): rerun "
+                        "with the same settings to continue it, or delete it to start over")
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    tmp = checkpoints / f".{SETTINGS_FILE}.{os.getpid()}"  # each rank of a sharded run writes its own, then renames
+    tmp.write_text(json.dumps(settings, indent=1) + "\n")
+    os.replace(tmp, checkpoints / SETTINGS_FILE)
 
 
 def eval_split_of(task_data: TaskData, wanted: str) -> str:
@@ -166,7 +202,6 @@ def finetune(
     if "train" not in task_data.splits:
         raise UserError("the data has no train split: give a directory with a train file")
     directory.check_output(out, config.overwrite)
-    checkpoints, last = prepare_checkpoints(out, config.resume)
     parent, model = None, src
     if isinstance(src, (str, Path)):
         parent = src
@@ -180,6 +215,7 @@ def finetune(
     labels = directory.label_names_of(model.config, task_data.task) or None
     train_features = encode(task_data, "train", tokenizer, config.max_length, config.stride, label_names=labels)
     eval_features = encode(task_data, eval_split, tokenizer, config.max_length, config.stride, label_names=labels)
+    checkpoints, last = prepare_checkpoints(out, config.resume, run_settings(src, config, task_data))
     trainer = TaskTrainer(
         model=model.train(), args=training_arguments(checkpoints, config, task_data.task),
         train_dataset=train_features, eval_dataset=eval_features, data_collator=collator(task_data.task, tokenizer),

@@ -16,7 +16,7 @@ from .. import directory
 from ..configs import BenchConfig, CompressConfig
 from ..errors import UserError
 from ..measure import run_bench
-from .recipe import load_recipe
+from .recipe import Recipe, load_recipe
 from .report import write_report
 from .search import FINISH, Search, cost, within_budget
 
@@ -44,19 +44,36 @@ def compress(src: str | Path, out: str | Path, config: CompressConfig | None = N
     if "validation" not in task_data.splits and not config.holdout:
         raise UserError("the data has no validation split to select candidates on: add a dev file, or give "
                         "--holdout 0.1 to hold out a share of train")
+    info = directory.inspect(src)
+    if info.task is not None:
+        directory.check_head(info, task_data.task, task_data.label_names)
     out = Path(out).resolve()
     if out.is_file():
         raise UserError(f"{out} is a file: give a directory for --out")
+    created = not out.exists()
+    try:
+        return _search(src, out, config, recipe, task_data, info)
+    except BaseException:
+        if created and not any(out.glob("candidates/*")):  # nothing to resume: leave no directory behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _search(src: str | Path, out: Path, config: CompressConfig, recipe: Recipe, task_data: data_mod.TaskData,
+            info: directory.ModelInfo) -> Path:
+    """compress() once its inputs are checked: the search in OUT, the timing, the choice and the report."""
+    search_data = searchable(task_data, config)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.yaml").write_text(recipe.text, encoding="utf-8")
-    search_data = searchable(task_data, config)
     search = Search(out, search_data, recipe, config.max_drop, config.max_length, config.min_language_share,
                     config.stride)
+    search.claim({"teacher": directory.fingerprint(src), "data": search_data.fingerprint(),
+                  "max_length": config.max_length, "stride": config.stride})
     if "validation" not in task_data.splits:
         search.progress.log(f"the data has no validation split: {len(search_data.splits['validation'])} train examples "
                             f"({config.holdout:.0%}, seeded) are held out to select on; a teacher that trained on them "
                             "scores higher there, so the search errs on the safe side")
-    teacher = with_head(Path(src), search, recipe)
+    teacher = with_head(src, info, search, recipe)
     name, model = search.lossy(teacher)
     candidates = search.backends(name, model)
     reference = search.build("export", teacher, "teacher+export-reference", {"optimize": False})
@@ -108,10 +125,10 @@ def searchable(task_data: data_mod.TaskData, config: CompressConfig) -> data_mod
                              {"train": train, "validation": validation})
 
 
-def with_head(src: Path, search: Search, recipe) -> Path:
+def with_head(src: str | Path, info: directory.ModelInfo, search: Search, recipe: Recipe) -> Path:
     """The teacher: MODEL itself, or MODEL fine-tuned first when it is a bare encoder."""
-    if directory.inspect(src).task is not None:
-        return src
+    if info.task is not None:
+        return Path(src)
     search.progress.log(f"{src} has no task head: fine-tuning it first, as finetune would")
     search.progress.total += cost("finetune", recipe.finetune)
     return search.build("finetune", src, "teacher", recipe.finetune)

@@ -23,6 +23,7 @@ from ..errors import UserError
 from ..metrics import MAIN_METRIC
 from ..runtime import evaluate
 from ..stages import STAGES
+from ..train import changed_settings, checkpoint_dir, run_settings
 from .recipe import Recipe, slug
 
 
@@ -88,6 +89,17 @@ class Search:
         planned = sum(self._planned(s.candidates, s) for s in recipe.steps)
         self.progress = Progress(planned + sum(cost(b["stage"], b) for b in recipe.backends) + FINISH)
 
+    def claim(self, inputs: dict[str, Any]) -> None:
+        """Record what this search is of; refuse an OUT that holds the search of another teacher, data or length,
+        whose candidates and scores would be reused wrongly."""
+        recorded = self.state.get("inputs") or inputs
+        changed = [key for key, value in inputs.items() if recorded.get(key) != value]
+        if changed:
+            raise UserError(f"{self.out} holds a search with another {', '.join(changed)}: give a new --out, or "
+                            "delete it to start over")
+        self.state["inputs"] = inputs
+        self._save_state()
+
     def build(self, stage: str, src: Path, name: str, options: dict[str, Any]) -> Path:
         """The candidate directory `name`, made by `stage` from `src` unless a previous run finished it."""
         out = self.candidates / name
@@ -105,6 +117,11 @@ class Search:
         config_cls = command.config_class()
         fields = {f.name for f in dataclasses.fields(config_cls)}
         values = {**options, **({"resume": True} if "resume" in fields else {})}
+        checkpoints = checkpoint_dir(out)
+        stale = changed_settings(checkpoints, run_settings(src, config_cls(**values), self.data))
+        if stale:
+            self.progress.log(f"{name}: the interrupted run was started with other {', '.join(stale)}: starting over")
+            shutil.rmtree(checkpoints)
         self.progress.log(f"{name}: running {stage} {json.dumps(options, default=str)}")
         started = time.perf_counter()
         command.function()(src, out, config_cls(**values), self.data if command.data else None)

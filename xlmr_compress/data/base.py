@@ -1,9 +1,11 @@
 """What every data module shares: the data's configuration, the loaded TaskData, split names, quiet `datasets` calls."""
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import datasets
@@ -43,8 +45,20 @@ class TaskData:
     """A task's examples per split, with the label names the integer labels index."""
 
     task: Task
-    label_names: list[str]  # classes, or IOB2 tags ("O" first) for NER; [] for QA
+    label_names: list[str]  # classes, or NER tags ("O" first, any scheme) for NER; [] for QA
     splits: datasets.DatasetDict  # keys among "train", "validation", "test"
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def fingerprint(self) -> str:
+        """A hash of the task, the labels and every example: what a resumed run must find unchanged."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256(json.dumps([self.task, self.label_names]).encode())
+            for name in sorted(self.splits):
+                digest.update(name.encode())
+                for batch in self.splits[name].iter(batch_size=4096):
+                    digest.update(json.dumps(batch, ensure_ascii=False, sort_keys=True, default=str).encode())
+            self._fingerprint = digest.hexdigest()[:16]
+        return self._fingerprint
 
     def languages(self, split: str) -> list[str]:
         """The sorted languages present in a split."""

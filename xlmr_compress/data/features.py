@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
-from ..directory import check_task
+from ..directory import check_task, label_fix, same_labels
 from ..errors import UserError
 from .base import TaskData, mapped, schema
 
@@ -36,7 +36,7 @@ def label_names(task: str, splits: Mapping[str, datasets.Dataset]) -> list[str]:
             raise UserError(f"labels {', '.join(sorted(unseen))} of the {split} split never occur in train: "
                             "fix the labels or add training examples for them")
     if task == "token-classification":
-        return ["O", *sorted(known - {"O"}, key=lambda t: (t[2:], t[:2]))]
+        return ["O", *sorted(known - {"O"}, key=lambda t: (t[2:], t[:2]) if t[1:2] == "-" else (t, ""))]
     numeric = all(re.fullmatch(r"-?\d+", label) for label in known)
     return sorted(known, key=int) if numeric else sorted(known)
 
@@ -87,12 +87,12 @@ def encode(data: TaskData, split: str, tokenizer: Any, max_length: int = 128, st
 
 def label_map(data_labels: list[str], model_labels: list[str] | None) -> np.ndarray:
     """Index map from the data's label order to the model's; refuses labels the model lacks."""
-    if model_labels is None:
+    if model_labels is None or same_labels(data_labels, model_labels):
         return np.arange(len(data_labels))
     missing = sorted(set(data_labels) - set(model_labels))
     if missing:
         raise UserError(f"the data has labels {', '.join(missing)} that the model does not know "
-                        f"({', '.join(model_labels)}): fine-tune a model on this label set")
+                        f"({', '.join(model_labels)}): {label_fix(model_labels)}")
     return np.asarray([list(model_labels).index(name) for name in data_labels], dtype=np.int64)
 
 

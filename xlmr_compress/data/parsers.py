@@ -7,16 +7,16 @@ import re
 from itertools import islice
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import UserError, not_utf8
 
-TAG = re.compile(r"^(O|[BIES]-.+)$")
+TAG = re.compile(r"^(O|[BIESLU]-.+)$")  # IOB1/IOB2, IOBES and BILOU tags
 CONLL_SNIFF_LINES = 20  # a .txt is CoNLL when its first token lines all end in a tag
 
 
 def is_conll(path: Path) -> bool:
     """True when a text file's first token lines are `token ... TAG` (or UNER's `index<TAB>token<TAB>tag ...`)."""
     tagged = 0
-    with path.open(encoding="utf-8", errors="replace") as f:
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
         for line in islice(f, 1000):  # room for long comment headers
             line = line.rstrip("\r\n")
             fields = line.split("\t") if "\t" in line else line.split()
@@ -41,9 +41,17 @@ def _is_comment(line: str, fields: list[str]) -> bool:
     return line.startswith("#") and not (len(fields) == 2 and TAG.match(fields[1]))
 
 
+def read_text(path: Path) -> str:
+    """A UTF-8 file's text, without a byte-order mark; another encoding is refused in one line."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
+
+
 def _lines(path: Path) -> list[str]:
     """Lines split on newlines only (texts may hold other Unicode line separators); no trailing empty line."""
-    lines = path.read_text(encoding="utf-8").replace("\r\n", "\n").split("\n")
+    lines = read_text(path).replace("\r\n", "\n").split("\n")
     return lines[:-1] if lines and lines[-1] == "" else lines
 
 
@@ -61,7 +69,8 @@ def _read_text_labels(text_path: Path, language: str) -> tuple[str, list[dict]]:
 
 
 def _read_conll(path: Path, language: str) -> tuple[str, list[dict]]:
-    """Sentences of an IOB2 CoNLL file: UNER's tab-separated `index token tag ...` or plain `token ... tag`."""
+    """Sentences of a CoNLL file, tags in any scheme `metrics.entities` reads: UNER's tab-separated
+    `index token tag ...` or plain `token ... tag`."""
     sentences, tokens, tags = [], [], []
     for line in [*_lines(path), ""]:
         fields = line.split("\t") if "\t" in line else line.split()
@@ -84,14 +93,14 @@ def _read_conll(path: Path, language: str) -> tuple[str, list[dict]]:
 
 
 def tag_of(tag: str) -> str:
-    """A tag in the 7-tag PER/ORG/LOC scheme: UNER's OTH is outside it, so it becomes O."""
-    return "O" if tag in ("B-OTH", "I-OTH") else tag
+    """A tag in UNER's PER/ORG/LOC scheme: its OTH is outside it, so it becomes O."""
+    return "O" if tag.split("-", 1)[-1] == "OTH" else tag
 
 
 def is_squad(path: Path) -> bool:
     """True when a .json file looks like SQuAD (a top-level "data" list)."""
     try:
-        return isinstance(json.loads(path.read_text(encoding="utf-8")).get("data"), list)
+        return isinstance(json.loads(read_text(path)).get("data"), list)
     except (ValueError, AttributeError):
         return False
 
@@ -99,7 +108,7 @@ def is_squad(path: Path) -> bool:
 def _read_squad(path: Path, language: str) -> tuple[str, list[dict]]:
     """Questions of a SQuAD-v1 JSON file, one example each."""
     try:
-        articles = json.loads(path.read_text(encoding="utf-8"))["data"]
+        articles = json.loads(read_text(path))["data"]
         return "question-answering", [
             {"id": str(qa["id"]), "question": qa["question"], "context": paragraph["context"],
              "answers": answers_of(qa["answers"]), "language": language}

@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 import pyarrow as pa
 
-from ..errors import UserError
+from ..errors import UserError, not_utf8
 from .base import SPLITS, UNKNOWN_LANGUAGE, DataConfig, mapped, quiet, schema
 from .parsers import READERS, answers_of, is_conll, is_squad, tag_of
 
@@ -156,13 +156,15 @@ def _load_tables(files: list[Path]) -> dict[Path, datasets.Dataset]:
     every cell read as a string (no number or NA guessing); each JSON-lines file on its own, its types as written."""
     groups: dict[tuple, list[Path]] = defaultdict(list)
     for file in files:
-        groups[(file.suffix.lower(), file if file.suffix.lower() == ".jsonl" else _header(file))].append(file)
+        groups[(file.suffix.lower(), _jsonl_checked(file) if file.suffix.lower() == ".jsonl" else _header(file))
+               ].append(file)
     tables = {}
     for (suffix, key), group in groups.items():
         if suffix == ".jsonl":
             builder, options = "json", {}
         else:
-            builder, options = "csv", {**_dialect(suffix), "keep_default_na": False, "na_filter": False,
+            builder, options = "csv", {**_dialect(suffix), "encoding": "utf-8-sig", "keep_default_na": False,
+                                       "na_filter": False,
                                        "index_col": False,
                                        "features": datasets.Features({c: datasets.Value("string") for c in key})}
         try:
@@ -180,6 +182,17 @@ def _load_tables(files: list[Path]) -> dict[Path, datasets.Dataset]:
     return tables
 
 
+def _jsonl_checked(path: Path) -> Path:
+    """A JSON-lines file that holds a record and is UTF-8, else a one-line refusal (pyarrow's errors say neither)."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            if not any(line.strip() for line in f):
+                raise UserError(f"{path} holds no examples: fill it or remove it")
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
+    return path
+
+
 def _dialect(suffix: str) -> dict[str, Any]:
     """CSV reading options: TSV files are tab-separated and unquoted (SIB-200's texts hold bare quotes)."""
     return {"sep": "\t", "quoting": csv.QUOTE_NONE} if suffix == ".tsv" else {"sep": ","}
@@ -188,11 +201,16 @@ def _dialect(suffix: str) -> dict[str, Any]:
 def _header(path: Path) -> tuple[str, ...]:
     """The column names of a CSV/TSV file; refuses a file without a data row (`datasets` cannot load it)."""
     dialect = _dialect(path.suffix.lower())
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=dialect["sep"], quoting=dialect.get("quoting", csv.QUOTE_MINIMAL))
-        header = next(reader, None)
-        if header is None or next((row for row in reader if row), None) is None:
-            raise UserError(f"{path} holds no examples: fill it or remove it")
+        try:  # the whole file: a byte that is not UTF-8 fails here, in one line, and not deep in pandas
+            header = next(reader, None)
+            if header is None or next((row for row in reader if row), None) is None:
+                raise UserError(f"{path} holds no examples: fill it or remove it")
+            for _ in reader:
+                pass
+        except UnicodeDecodeError as e:
+            raise not_utf8(path, e) from None
     return tuple(header)
 
 
@@ -243,7 +261,7 @@ def _from_columns(ds: datasets.Dataset, cfg: DataConfig, language: str, where: s
     elif task == "token-classification":
         tokens = _column(columns, cfg.text_column, ("tokens", "words"), "tokens", where)
         tags = _column(columns, cfg.label_column, ("tags", "ner_tags"), "tags", where)
-        tag_text = _as_text(getattr(ds.features[tags], "feature", None))
+        tag_text = _tag_text(getattr(ds.features[tags], "feature", None), tags, where)
 
         def convert(batch: Mapping, indices: list[int]) -> dict:
             return {"tokens": [list(t) for t in batch[tokens]],
@@ -255,7 +273,7 @@ def _from_columns(ds: datasets.Dataset, cfg: DataConfig, language: str, where: s
         label = _column(columns, cfg.label_column, ("labels", "category") if cfg.label_column == "label" else (),
                         "label", where)
         pair = cfg.text_pair_column and _column(columns, cfg.text_pair_column, (), "text pair", where)
-        label_text = _as_text(ds.features[label])
+        label_text = _label_text(ds.features[label], label, where)
 
         def convert(batch: Mapping, indices: list[int]) -> dict:
             for i, row in enumerate(indices):
@@ -271,6 +289,30 @@ def _as_text(feature: Any) -> Callable[[Any], str]:
     """How a column's values become the strings files give: ClassLabel integers name their class."""
     names = getattr(feature, "names", None)
     return names.__getitem__ if names else str
+
+
+def _label_text(feature: Any, column: str, where: str) -> Callable[[Any], str]:
+    """How one class label per example becomes a string; lists (multi-label) and fractions (regression) are
+    refused, and whole floats such as 1.0 are the integer classes JSON writers make of them."""
+    if not isinstance(feature, (datasets.Value, datasets.ClassLabel)):
+        raise UserError(f"{where}: label column {column!r} holds {feature}, not one class per example: multi-label "
+                        "classification is not supported; give each example one label")
+    if isinstance(feature, datasets.Value) and feature.dtype.startswith("float"):
+        def whole(value: float) -> str:
+            if not float(value).is_integer():
+                raise UserError(f"{where}: label {value} is not a class: give class names or integers "
+                                "(regression is not supported)")
+            return str(int(value))
+        return whole
+    return _as_text(feature)
+
+
+def _tag_text(feature: Any, column: str, where: str) -> Callable[[Any], str]:
+    """How NER tags become strings; integer tags without names (a JSON file's `ner_tags`) cannot say which is O."""
+    if isinstance(feature, datasets.Value) and not feature.dtype.startswith(("string", "large_string")):
+        raise UserError(f"{where}: tag column {column!r} holds {feature.dtype} numbers without tag names: write the "
+                        "tags as strings (O, B-PER, I-PER, ...)")
+    return _as_text(feature)
 
 
 def _column(columns: list[str], wanted: str, fallbacks: tuple[str, ...], what: str, where: str) -> str:

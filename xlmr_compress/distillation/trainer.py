@@ -27,6 +27,7 @@ from ..train import (
     early_stopping,
     eval_split_of,
     prepare_checkpoints,
+    run_settings,
     save_trained,
     training_arguments,
 )
@@ -81,7 +82,7 @@ def distill(src: str | Path, out: str | Path, config: DistillConfig | None = Non
     train = train.add_column("row", list(range(len(train))))
     eval_split = eval_split_of(task_data, config.eval_split)
     eval_features = encode(task_data, eval_split, tokenizer, config.max_length, config.stride, label_names=labels)
-    checkpoints, last = prepare_checkpoints(out, config.resume)
+    checkpoints, last = prepare_checkpoints(out, config.resume, run_settings(src, config, task_data))
     args = training_arguments(checkpoints, config, task_data.task)
     if config.shard:
         shard.shard_frozen(teacher_model)

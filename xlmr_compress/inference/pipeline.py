@@ -123,7 +123,8 @@ class Pipeline:
         return results
 
     def _entities(self, texts: Sequence[str]) -> list[list[dict]]:
-        """IOB2 entities over words, each word tagged by its first sub-token (as the model was trained)."""
+        """Entities over words, in any tag scheme `metrics.entities` reads; each word is tagged by its first
+        sub-token, as the model was trained."""
         words = [WORDS.pre_tokenize_str(text) for text in texts]
         enc = self.tokenizer([[w for w, _ in ws] for ws in words], is_split_into_words=True, truncation=True,
                              max_length=self.max_length)

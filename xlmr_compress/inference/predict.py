@@ -15,7 +15,7 @@ from typing import IO, Any
 
 from ..configs import PredictConfig
 from ..console import interactive, progress
-from ..errors import UserError
+from ..errors import UserError, not_utf8
 from .pipeline import QA, Pipeline
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".csv": "csv", ".tsv": "tsv"}
@@ -77,13 +77,21 @@ def check_output(out: str | Path, overwrite: bool) -> None:
 
 
 @contextmanager
-def open_input(path: str) -> Iterator[IO[str]]:
-    """The input as text: stdin for "-", else the file (UTF-8, newlines translated)."""
+def open_input(path: str) -> Iterator[Iterator[str]]:
+    """The input's lines: stdin for "-", else the file (UTF-8 without a byte-order mark, newlines translated)."""
     if path == "-":
-        yield sys.stdin
+        yield _decoded(sys.stdin, "stdin")
         return
-    with open(path, encoding="utf-8", newline="" if Path(path).suffix.lower() in (".csv", ".tsv") else None) as f:
-        yield f
+    with open(path, encoding="utf-8-sig", newline="" if Path(path).suffix.lower() in (".csv", ".tsv") else None) as f:
+        yield _decoded(f, path)
+
+
+def _decoded(source: IO[str], name: str) -> Iterator[str]:
+    """Lines of a text stream; a byte that is not UTF-8 is refused in one line wherever it sits."""
+    try:
+        yield from source
+    except UnicodeDecodeError as e:
+        raise not_utf8(name, e) from None
 
 
 @contextmanager
@@ -104,7 +112,7 @@ def write_output(out: str | Path) -> Iterator[IO[str]]:
         raise
 
 
-def read_items(source: IO[str], fmt: str, config: PredictConfig, task: str) -> Iterator[Any]:
+def read_items(source: Iterator[str], fmt: str, config: PredictConfig, task: str) -> Iterator[Any]:
     """Pipeline inputs, one per text line, JSON line or CSV row: texts, [text, pair] or {question, context}."""
     if fmt == "txt":
         for line in source:

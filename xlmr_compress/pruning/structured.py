@@ -15,7 +15,7 @@ from ..data import DataConfig, TaskData, collator, encode
 from ..distillation import DistillConfig, distill
 from ..errors import UserError
 from ..options import check_choices
-from ..train import FinetuneConfig, as_task_data, checkpoint_dir, finetune
+from ..train import FinetuneConfig, as_task_data, checkpoint_dir, claim_checkpoints, finetune, run_settings
 
 
 def prune(src: str | Path, out: str | Path, config: PruneConfig | None = None,
@@ -48,6 +48,7 @@ def prune(src: str | Path, out: str | Path, config: PruneConfig | None = None,
     with directory.atomic_output(out, config.overwrite) as tmp:
         if config.recover:
             work = checkpoint_dir(out)  # beside OUT, not in tmp: a killed recovery resumes from its checkpoints
+            claim_checkpoints(work, run_settings(src, config, task_data))
             recovered = recover(model, tokenizer, task_data, work, config, src)
             measured.update({k: v for k, v in directory.read_lineage(recovered)["stages"][-1]["measured"].items()
                              if k in ("validation", "test")})

@@ -31,6 +31,8 @@ def quantize(src: str | Path, out: str | Path, config: QuantizeConfig | None = N
     check_config(config, data)
     directory.check_output(out, config.overwrite)
     task_data = None if data is None else data if isinstance(data, data_mod.TaskData) else data_mod.load_data(data)
+    if task_data is not None and config.eval_split:
+        task_data.split(config.eval_split)  # an absent split is refused now, not after the quantization
     source = Path(src)
     with directory.atomic_output(out, config.overwrite) as tmp:
         if config.mode in torch_quant.DTYPES:
