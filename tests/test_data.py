@@ -363,6 +363,20 @@ def test_the_data_fingerprint_follows_the_examples(tmp_path):
     assert first.fingerprint() == again.fingerprint() != other.fingerprint()
 
 
+def test_a_save_to_disk_folder_is_read_as_a_hub_data_set(tmp_path):
+    names = datasets.ClassLabel(names=["neg", "pos"])
+    features = datasets.Features({"sentence": datasets.Value("string"), "label": names})
+    saved = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"sentence": ["bad", "good"], "label": [0, 1]}, features=features),
+        "validation": datasets.Dataset.from_dict({"sentence": ["fine"], "label": [1]}, features=features)})
+    saved.save_to_disk(str(tmp_path / "dict"))
+    data = load_data(str(tmp_path / "dict"))
+    assert list(data.splits) == ["train", "validation"] and data.label_names == ["neg", "pos"]
+    assert data.splits["train"]["text"][:] == ["bad", "good"]
+    saved["validation"].save_to_disk(str(tmp_path / "test"))
+    assert list(load_data(str(tmp_path / "test")).splits) == ["test"]
+
+
 def test_unknown_hub_name_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="not a local path and datasets.load_dataset failed"):

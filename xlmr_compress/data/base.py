@@ -25,8 +25,9 @@ UNKNOWN_LANGUAGE = "und"
 class DataConfig:
     """Where the data is and how to read it."""
 
-    path: str = option(help="task data: a file, a directory (split files, or one sub-directory per language), "
-                            "'chatterbot' (the embedded multilingual default), or a `datasets` name")
+    path: str = option(help="task data: a file, a directory (split files, one sub-directory per language, or a "
+                            "save_to_disk folder), 'chatterbot' (the embedded multilingual default), or a `datasets` "
+                            "name")
     task: Task | None = option(None, "task of the data (default: inferred from the files)")
     text_column: str = option("text", "column holding the text (CSV/TSV/JSONL/datasets)")
     text_pair_column: str | None = option(

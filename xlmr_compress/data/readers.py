@@ -1,5 +1,5 @@
-"""Readers: a file, a directory of split files (or of one sub-directory per language), a registered data source or
-a `datasets` hub name, read into the task and its splits, labels still as strings.
+"""Readers: a file, a directory of split files (or of one sub-directory per language), a `save_to_disk` folder, a
+registered data source or a `datasets` hub name, read into the task and its splits, labels still as strings.
 
 CSV, TSV (unquoted, as SIB-200) and JSON lines go through `datasets.load_dataset`; CoNLL (`.iob2`/`.conll`/`.bio`, or
 a `.txt` whose lines are `token TAG`), SQuAD-v1 `.json` and `{split}_text.txt` + `{split}_labels.txt` through parsers.
@@ -71,6 +71,8 @@ def _language_of(path: Path) -> str | None:
 
 def _read_path(path: Path, cfg: DataConfig) -> tuple[str, Splits]:
     """Read a file, a directory of split files, or a directory of language sub-directories of split files."""
+    if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        return _read_saved(path, cfg)
     if path.is_file():
         # a lone SQuAD file without a split in its name is an evaluation set, as XQuAD's are
         split = _split_of(path.stem) or ("test" if path.suffix.lower() == ".json" else "train")
@@ -103,6 +105,16 @@ def _read_path(path: Path, cfg: DataConfig) -> tuple[str, Splits]:
     if len(tasks) > 1:
         raise UserError(f"{path} mixes tasks ({', '.join(sorted(tasks))}): keep one task's files per data set")
     return tasks.pop(), {split: datasets.concatenate_datasets(sets) for split, sets in parts.items()}
+
+
+def _read_saved(path: Path, cfg: DataConfig) -> tuple[str, Splits]:
+    """A folder written by `datasets`' save_to_disk: a DatasetDict's splits, or one Dataset, whose split its name
+    gives (else train, as for a lone file)."""
+    with quiet():
+        saved = datasets.load_from_disk(str(path))
+    if isinstance(saved, datasets.Dataset):
+        saved = {_split_of(path.name) or "train": saved}
+    return _read_splits(saved, cfg, str(path))
 
 
 def _split_files(folder: Path, language: str | None) -> list[tuple[str, Path, str | None, str]]:
