@@ -168,16 +168,15 @@ def _load_tables(files: list[Path]) -> dict[Path, datasets.Dataset]:
     every cell read as a string (no number or NA guessing); each JSON-lines file on its own, its types as written."""
     groups: dict[tuple, list[Path]] = defaultdict(list)
     for file in files:
-        groups[(file.suffix.lower(), _jsonl_checked(file) if file.suffix.lower() == ".jsonl" else _header(file))
-               ].append(file)
+        key = _jsonl_checked(file) if file.suffix.lower() == ".jsonl" else _header(file)
+        groups[(file.suffix.lower(), key)].append(file)
     tables = {}
     for (suffix, key), group in groups.items():
         if suffix == ".jsonl":
             builder, options = "json", {}
         else:
             builder, options = "csv", {**_dialect(suffix), "encoding": "utf-8-sig", "keep_default_na": False,
-                                       "na_filter": False,
-                                       "index_col": False,
+                                       "na_filter": False, "index_col": False,
                                        "features": datasets.Features({c: datasets.Value("string") for c in key})}
         try:
             loaded = datasets.load_dataset(builder, data_files={f"file{i}": str(f) for i, f in enumerate(group)},
