@@ -116,15 +116,15 @@ class Search:
         command = STAGES[stage]
         config_cls = command.config_class()
         fields = {f.name for f in dataclasses.fields(config_cls)}
-        values = {**options, **({"resume": True} if "resume" in fields else {})}
+        config = config_cls(**{**options, **({"resume": True} if "resume" in fields else {})})
         checkpoints = checkpoint_dir(out)
-        stale = changed_settings(checkpoints, run_settings(src, config_cls(**values), self.data))
+        stale = changed_settings(checkpoints, run_settings(src, config, self.data))
         if stale:
             self.progress.log(f"{name}: the interrupted run was started with other {', '.join(stale)}: starting over")
             shutil.rmtree(checkpoints)
         self.progress.log(f"{name}: running {stage} {json.dumps(options, default=str)}")
         started = time.perf_counter()
-        command.function()(src, out, config_cls(**values), self.data if command.data else None)
+        command.function()(src, out, config, self.data if command.data else None)
         self.progress.step(units)
         self.progress.log(f"{name}: {stage} done in {_minutes(time.perf_counter() - started)}")
         return out
