@@ -70,16 +70,18 @@ def main() -> None:
         flips = rng.random((a.rounds, len(idx))) < 0.5
         null = np.array([share(score, metric, mixed(m, t, f), mixed(t, m, f), g) for f in flips])
         null_below += null < a.floor
-        rows.append((lang, len(idx), share(score, metric, m, t, g), *np.quantile(boot, [0.05, 0.95]),
+        rows.append((lang, len(idx), score(t, g)[metric], score(m, g)[metric], share(score, metric, m, t, g),
+                     *np.quantile(boot, [0.05, 0.95]),
                      float(np.mean(boot < a.floor)), float(np.mean(null < a.floor)),
                      sum(x != y for x, y in zip(m, t, strict=True)) / len(idx),
                      "{} / {}".format(*who_is_right(m, t, g)) if classes else "n/a"))
-    lines = [f"| language | examples | share of the teacher's {metric} | 90% interval | P(share < {a.floor:.0%}) | "
-             f"null model: P(share < {a.floor:.0%}) | disagreement with the teacher | right only: teacher / model |",
-             "|---|" + "---|" * 7]
-    lines += [f"| {lang} | {n} | {s:.1%} | {lo:.1%} – {hi:.1%} | {p:.2f} | {q:.2f} | {d:.1%} | {w} |"
-              for lang, n, s, lo, hi, p, q, d, w in rows]
-    below = sum(r[2] < a.floor for r in rows)
+    lines = [f"| language | examples | teacher {metric} | model {metric} | share of the teacher's | 90% interval | "
+             f"P(share < {a.floor:.0%}) | null model: P(share < {a.floor:.0%}) | disagreement with the teacher | "
+             "right only: teacher / model |",
+             "|---|" + "---|" * 9]
+    lines += [f"| {lang} | {n} | {t:.4f} | {m:.4f} | {s:.1%} | {lo:.1%} – {hi:.1%} | {p:.2f} | {q:.2f} | {d:.1%} "
+              f"| {w} |" for lang, n, t, m, s, lo, hi, p, q, d, w in rows]
+    below = sum(r[4] < a.floor for r in rows)
     lo, hi = np.quantile(null_below, [0.05, 0.95])
     body = (f"Teacher `{a.teacher}`, model `{a.model}`, `{a.data}` {a.split} split ({len(gold)} examples, {len(rows)} "
             f"languages), {a.rounds} paired bootstrap draws per language (seeded).\n\n"
