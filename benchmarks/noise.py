@@ -26,10 +26,14 @@ from xlmr_compress.metrics import MAIN_METRIC, SCORES
 from xlmr_compress.runtime import predictions_of
 
 
+def ratio(own: float, base: float) -> float:
+    """A model's metric over the teacher's (1 where the teacher scores 0)."""
+    return own / base if base > 0 else 1.0
+
+
 def share(score, metric: str, model: list, teacher: list, gold: list) -> float:
-    """The model's metric over the teacher's on one group of examples (1 where the teacher scores 0)."""
-    base = score(teacher, gold)[metric]
-    return score(model, gold)[metric] / base if base > 0 else 1.0
+    """The model's metric over the teacher's on one group of examples."""
+    return ratio(score(model, gold)[metric], score(teacher, gold)[metric])
 
 
 def mixed(first: list, second: list, pick: np.ndarray) -> list:
@@ -70,8 +74,8 @@ def main() -> None:
         flips = rng.random((a.rounds, len(idx))) < 0.5
         null = np.array([share(score, metric, mixed(m, t, f), mixed(t, m, f), g) for f in flips])
         null_below += null < a.floor
-        rows.append((lang, len(idx), score(t, g)[metric], score(m, g)[metric], share(score, metric, m, t, g),
-                     *np.quantile(boot, [0.05, 0.95]),
+        base, own = (score(x, g)[metric] for x in (t, m))
+        rows.append((lang, len(idx), base, own, ratio(own, base), *np.quantile(boot, [0.05, 0.95]),
                      float(np.mean(boot < a.floor)), float(np.mean(null < a.floor)),
                      sum(x != y for x, y in zip(m, t, strict=True)) / len(idx),
                      "{} / {}".format(*who_is_right(m, t, g)) if classes else "n/a"))
