@@ -135,10 +135,21 @@ def test_targets_ratio_counts_and_global_budget():
 
 
 @pytest.mark.parametrize("recover_with", ["distill", "finetune"])
-def test_prune_with_data_taylor_and_recovery(tmp_path: Path, tiny_dir: Path, tiny_data: Path, recover_with: str):
+def test_prune_with_data_taylor_and_recovery(tmp_path: Path, tiny_dir: Path, tiny_data: Path, recover_with: str,
+                                             monkeypatch: pytest.MonkeyPatch):
+    from xlmr_compress.pruning import structured
+
+    seen = []
+
+    def spy(teacher, out, config, data):
+        seen.append(config.losses)
+        return real_distill(teacher, out, config, data)
+
+    real_distill = structured.distill
+    monkeypatch.setattr(structured, "distill", spy)
     config = PruneConfig(keep_heads=[2, 1], keep_ffn=[16], scope="global", importance_batches=2, batch_size=16,
                          recover=True, recover_with=recover_with, recover_epochs=1, recover_learning_rate=1e-3,
-                         max_length=16)
+                         max_length=16, recover_losses=["hard=2", "cosine=1"] if recover_with == "distill" else None)
     out = prune(tiny_dir, tmp_path / "recovered", config, data=str(tiny_data))
     model, _ = load(out)
     assert layer_shapes(model) == {"head_size": 8, "heads": [2, 1], "ffn": [16, 16]}
@@ -146,6 +157,8 @@ def test_prune_with_data_taylor_and_recovery(tmp_path: Path, tiny_dir: Path, tin
     stage = lineage["stages"][-1]
     assert stage["stage"] == "prune" and stage["measured"]["importance"] == "taylor"
     assert "macro_f1" in stage["measured"]["validation"]["overall"]
+    if recover_with == "distill":  # the recovery weighed the losses it was given
+        assert seen == [["hard=2", "cosine=1"]] and stage["options"]["recover_losses"] == ["hard=2", "cosine=1"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["compression.json", "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"])
     assert not list(tmp_path.glob(".recovered*"))
@@ -176,6 +189,8 @@ def test_prune_takes_the_qa_window_stride_for_importance_and_recovery(tmp_path: 
     (PruneConfig(importance="taylor"), "give --data"),
     (PruneConfig(scope="model"), "unknown scope 'model'"),
     (PruneConfig(recover_with="magic"), "unknown recover with 'magic'"),
+    (PruneConfig(recover_losses=["magic=1"]), "unknown loss 'magic'"),
+    (PruneConfig(recover_with="finetune", recover_losses=["hard=2"]), "use --recover-with distill"),
 ])
 def test_bad_input_is_one_line_error(tmp_path: Path, tiny_dir: Path, config: PruneConfig, message: str):
     with pytest.raises(UserError, match=message) as err:

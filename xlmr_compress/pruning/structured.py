@@ -13,6 +13,7 @@ from .. import directory, importance, surgery
 from ..configs import PruneConfig
 from ..data import DataConfig, TaskData, collator, encode
 from ..distillation import DistillConfig, distill
+from ..distillation.losses import loss_weights
 from ..errors import UserError
 from ..options import check_choices
 from ..train import FinetuneConfig, as_task_data, checkpoint_dir, claim_checkpoints, finetune, run_settings
@@ -74,7 +75,8 @@ def recover(model: PreTrainedModel, tokenizer: object, task_data: TaskData, work
     if config.recover_with == "finetune":
         return finetune(model, work / "recovered", FinetuneConfig(**common), task_data, tokenizer=tokenizer)
     directory.save_model(model, tokenizer, work / "student")
-    recovered = distill(teacher, work / "recovered", DistillConfig(**common, student=str(work / "student")), task_data)
+    recovered = distill(teacher, work / "recovered",
+                        DistillConfig(**common, student=str(work / "student"), losses=config.recover_losses), task_data)
     shutil.rmtree(work / "student")
     return recovered
 
@@ -108,5 +110,9 @@ def _check(config: PruneConfig, data: object) -> str:
         raise UserError("Taylor importance and --recover learn from data: give --data, or use --importance magnitude")
     if config.importance_batches < 1 or config.batch_size < 1:
         raise UserError("--importance-batches and --batch-size must be at least 1")
+    if config.recover_losses is not None:
+        if config.recover_with != "distill":
+            raise UserError("--recover-losses weighs distillation losses: drop it or use --recover-with distill")
+        loss_weights(overrides=config.recover_losses)
     return "taylor" if config.importance == "taylor" or (config.importance == "auto" and data is not None) \
         else "magnitude"
