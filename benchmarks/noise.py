@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +25,22 @@ from xlmr_compress import DataConfig, load_data
 from xlmr_compress.data import references_of
 from xlmr_compress.metrics import MAIN_METRIC, SCORES
 from xlmr_compress.runtime import predictions_of
+
+
+class Row(NamedTuple):
+    """One language's line of the table."""
+
+    language: str
+    examples: int
+    teacher: float
+    model: float
+    share: float
+    low: float
+    high: float
+    p_below: float
+    null_p_below: float
+    disagreement: float
+    right_only: str
 
 
 def ratio(own: float, base: float) -> float:
@@ -75,7 +92,7 @@ def main() -> None:
         null = np.array([share(score, metric, mixed(m, t, f), mixed(t, m, f), g) for f in flips])
         null_below += null < a.floor
         base, own = (score(x, g)[metric] for x in (t, m))
-        rows.append((lang, len(idx), base, own, ratio(own, base), *np.quantile(boot, [0.05, 0.95]),
+        rows.append(Row(lang, len(idx), base, own, ratio(own, base), *np.quantile(boot, [0.05, 0.95]),
                      float(np.mean(boot < a.floor)), float(np.mean(null < a.floor)),
                      sum(x != y for x, y in zip(m, t, strict=True)) / len(idx),
                      "{} / {}".format(*who_is_right(m, t, g)) if classes else "n/a"))
@@ -85,7 +102,7 @@ def main() -> None:
              "|---|" + "---|" * 9]
     lines += [f"| {lang} | {n} | {t:.4f} | {m:.4f} | {s:.1%} | {lo:.1%} – {hi:.1%} | {p:.2f} | {q:.2f} | {d:.1%} "
               f"| {w} |" for lang, n, t, m, s, lo, hi, p, q, d, w in rows]
-    below = sum(r[4] < a.floor for r in rows)
+    below = sum(r.share < a.floor for r in rows)
     lo, hi = np.quantile(null_below, [0.05, 0.95])
     body = (f"Teacher `{a.teacher}`, model `{a.model}`, `{a.data}` {a.split} split ({len(gold)} examples, {len(rows)} "
             f"languages), {a.rounds} paired bootstrap draws per language (seeded).\n\n"

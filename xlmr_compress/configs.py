@@ -118,8 +118,8 @@ class PruneConfig:
     recover_with: Literal["distill", "finetune"] = option(
         "distill", "distillation: learn from the unpruned model (distillation); finetune: from the labels only")
     recover_losses: list[str] | None = option(
-        None, "NAME=WEIGHT overrides of the balanced preset's losses when recovering by distillation, as --losses of "
-              "distill (e.g. hard=2 cosine=1)")
+        None, f"NAME=WEIGHT overrides of the {DEFAULT_PRESET} preset's losses when recovering by distillation, as "
+              "--losses of distill (e.g. hard=2 cosine=1)")
     recover_epochs: float = option(1.0, "recovery fine-tuning epochs")
     recover_learning_rate: float = option(5e-5, "recovery fine-tuning peak learning rate")
     freeze_embeddings: bool = option(True, "keep the word embedding fixed during recovery (pruning does not touch "
